@@ -1,0 +1,32 @@
+# Two entry points: `make demo` (the built-in pipeline on CPU) and `make test`.
+# TORCH_SPEC picks the torch build: the default is the CPU wheel this project is tested with; on a
+# GPU machine use e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test,export]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/full_pipeline.py $(ARGS)
+
+test: $(STAMP)
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/contrastive_memory.py
+	$(PY) bench/pseudo_label_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,307 @@
+"""Typed configuration: dataclasses with defaults in code, YAML overrides, dotted `a.b=c` overrides.
+
+Unknown keys and wrong types fail fast with the dotted key in the message. The resolved config is
+saved next to the outputs (`save_config`) and flattened for MLflow params (`flatten_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or an invalid value."""
+
+
+@dataclass
+class DataConfig:
+    # "builtin" generates the fashion-scenes benchmark into <run_dir>/data; "coco" reads the paths below.
+    source: str = "builtin"
+    train_json: str = ""
+    train_images: str = ""
+    val_json: str = ""
+    val_images: str = ""
+    labeled_fraction: float = 0.1
+    split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
+    seed: int = 0
+    builtin_train_images: int = 600
+    builtin_val_images: int = 100
+    builtin_image_size: int = 128
+    image_size: int = 128  # training resolution (square)
+    max_instances: int = 6
+
+
+@dataclass
+class ModelConfig:
+    """One instance-segmentation model. `encoder` picks the backbone; the rest are plain numbers."""
+    kind: str = "maskformer"  # maskformer | gdino_sam2
+    encoder: str = "efficientnet_lite0"  # dinov2 | resnet50 | sam2_hiera | efficientnet_lite0 | efficientnet_lite2
+    neck: str = "fpn"  # fpn | dpt
+    preset: str = "builtin"  # full | builtin | tiny
+    pretrained: str = "builtin"  # hub id / local dir; "builtin" = shipped ImageNet weights; "" = random
+    hidden_dim: int = 96
+    num_queries: int = 16
+    decoder_layers: int = 3
+    num_heads: int = 4
+    ffn_dim: int = 384
+    embed_dim: int = 32
+    dropout: float = 0.1
+    image_size: int = 128
+    # gdino_sam2 teacher only
+    detector: str = "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg"
+    segmenter: str = "facebook/sam2.1-hiera-large"
+    freeze: list[str] = field(default_factory=lambda: ["detector.backbone", "segmenter.vision_encoder"])
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    num_points: int = 3136  # 56 * 56, as in Mask2Former
+    oversample_ratio: float = 3.0
+    importance_ratio: float = 0.75
+    pseudo_label_weight: float = 1.0  # alpha
+    contrastive_weight: float = 0.2  # lambda
+    num_negatives: int = 256  # K
+    temperature: float = 0.1  # tau
+    sampler: str = "fusion"  # uniform | mask | class | fusion
+    score_power: float = 1.0  # d, d^2 (2.0), sqrt(d) (0.5)
+    negative_scope: str = "batch"  # batch | memory_bank
+    memory_bank_size: int = 10000
+    loss_form: str = "infonce"  # infonce | hinge
+    margin: float = 0.2
+    max_anchors: int = 4096  # anchors per step (subsampled uniformly when more)
+
+
+@dataclass
+class StageConfig:
+    iterations: int = 200
+    batch_size: int = 8
+    lr: float = 1e-4
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 0.05
+    schedule: str = "poly"  # poly | multistep
+    grad_clip: float = 0.1  # 0 disables
+    use_pseudo_labels: bool = False
+    use_contrastive: bool = False
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 50
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_failures: int = 2
+
+
+@dataclass
+class StagesConfig:
+    teacher_finetune: StageConfig = field(default_factory=lambda: StageConfig(
+        iterations=150, batch_size=4, lr=2e-4, weight_decay=0.01, schedule="multistep", grad_clip=0.0))
+    teacher_selftrain: StageConfig = field(default_factory=lambda: StageConfig(
+        iterations=250, batch_size=4, lr=2e-4, weight_decay=0.01, schedule="multistep", grad_clip=0.0,
+        use_pseudo_labels=True, use_contrastive=True))
+    distill: StageConfig = field(default_factory=lambda: StageConfig(
+        iterations=400, batch_size=8, lr=3e-4, use_pseudo_labels=True, use_contrastive=True))
+    refine: StageConfig = field(default_factory=lambda: StageConfig(iterations=100, batch_size=8, lr=1e-4))
+
+
+@dataclass
+class LabelConfig:
+    score_threshold: float = 0.3
+    batch_size: int = 8
+    num_actors: int = 1
+    max_actors: int = 0  # > num_actors: autoscaling actor pool
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 1.0
+    torch_threads: int = 1
+    images_per_shard: int = 64
+    max_image_pixels: int = 40_000_000
+    top_k: int = 20
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
+    experiment: str = "sskd-ray"
+
+
+@dataclass
+class Config:
+    run_dir: str = ""
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(
+        encoder="efficientnet_lite2", hidden_dim=128, num_queries=20, decoder_layers=4, ffn_dim=512,
+        image_size=192, dropout=0.0))
+    student: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin in (list, typing.List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is type(None) and value is None:
+        return None
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "", base: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+    obj = base if base is not None else cls()
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _build(type(current), value, full, base=current)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+    return obj
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=c` -> ("a.b", c) with c parsed as YAML (so 3, 0.1, true, [1, 2] get their types)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (overrides only), then each dotted override in order."""
+    cfg = Config()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        _build(Config, values, base=cfg)
+    for text in overrides:
+        key, value = parse_override(text)
+        _build(Config, _nest(key, value), base=cfg)
+    validate_config(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.source": ("builtin", "coco"),
+    "loss.sampler": ("uniform", "mask", "class", "fusion"),
+    "loss.negative_scope": ("batch", "memory_bank"),
+    "loss.loss_form": ("infonce", "hinge"),
+}
+
+
+def validate_config(cfg: Config) -> None:
+    flat = flatten_config(cfg)
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}: {flat[key]!r} is not one of {allowed}")
+    for name in ("teacher", "student"):
+        model = getattr(cfg, name)
+        if model.kind not in ("maskformer", "gdino_sam2"):
+            raise ConfigError(f"{name}.kind: {model.kind!r} is not one of ('maskformer', 'gdino_sam2')")
+        if model.preset not in ("full", "builtin", "tiny"):
+            raise ConfigError(f"{name}.preset: {model.preset!r} is not one of ('full', 'builtin', 'tiny')")
+    for stage_name in ("teacher_finetune", "teacher_selftrain", "distill", "refine"):
+        stage = getattr(cfg.stages, stage_name)
+        if stage.schedule not in ("poly", "multistep"):
+            raise ConfigError(f"stages.{stage_name}.schedule: {stage.schedule!r} is not poly or multistep")
+        if stage.iterations < 0 or stage.batch_size < 1 or stage.num_workers < 1:
+            raise ConfigError(f"stages.{stage_name}: iterations >= 0, batch_size >= 1, num_workers >= 1")
+    if not 0.0 < cfg.data.labeled_fraction <= 1.0:
+        raise ConfigError(f"data.labeled_fraction: {cfg.data.labeled_fraction} is not in (0, 1]")
+    if cfg.loss.temperature <= 0:
+        raise ConfigError("loss.temperature must be > 0")
+    if cfg.data.source == "coco" and not (cfg.data.train_json and cfg.data.val_json):
+        raise ConfigError("data.source=coco needs data.train_json and data.val_json")
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(values: dict) -> Config:
+    cfg = _build(Config, values, base=Config())
+    validate_config(cfg)
+    return cfg
+
+
+def flatten_config(cfg: Any) -> dict[str, Any]:
+    """{"loss.temperature": 0.1, ...}: the flat form MLflow params and sweep overrides use."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            full = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, dict):
+                walk(value, full)
+            else:
+                out[full] = value
+
+    walk(config_to_dict(cfg), "")
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+def config_digest(cfg: Any) -> str:
+    """Short stable hash of a (sub)config, for naming things derived from it."""
+    import hashlib
+
+    text = json.dumps(config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

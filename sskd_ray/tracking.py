@@ -1,0 +1,111 @@
+"""MLflow tracking: one parent run per pipeline (or sweep), one child run per stage.
+
+The tracking URI comes from the config, else `MLFLOW_TRACKING_URI`, else a sqlite file in the run
+directory (a real database, no server). Nothing happens at import; every function takes the URI
+explicitly so Ray workers on other nodes can log to the same place.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(configured: str, run_dir: str | Path) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _experiment_id(mlflow: Any, name: str, run_dir: str | Path | None) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if run_dir is not None:  # keep artifacts next to the run, not in the process's cwd
+        location = (Path(run_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def find_run(uri: str, experiment: str, tags: dict[str, str]) -> str | None:
+    """The newest run of `experiment` whose tags equal `tags` (for resuming a pipeline)."""
+    mlflow = _client(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=query, order_by=["start_time DESC"],
+                              max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+@contextlib.contextmanager
+def start_run(uri: str, experiment: str, name: str, *, parent_id: str | None = None,
+              run_id: str | None = None, tags: dict[str, str] | None = None,
+              run_dir: str | Path | None = None) -> Iterator[str]:
+    """Start (or reopen, given `run_id`) a run; yields its id. Nested under `parent_id` when given."""
+    mlflow = _client(uri)
+    exp_id = _experiment_id(mlflow, experiment, run_dir)
+    all_tags = dict(tags or {})
+    if parent_id:
+        all_tags["mlflow.parentRunId"] = parent_id
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                          run_name=None if run_id else name, tags=all_tags or None, nested=True) as run:
+        yield run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Flat params (`a.b` keys); values are stringified and cut to MLflow's limit."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    existing = client.get_run(run_id).data.params
+    batch = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[i:i + 100])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if batch:
+        MlflowClient(uri).log_batch(run_id, metrics=batch)
+
+
+def log_artifacts(uri: str, run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), artifact_path)
+
+
+def set_terminated(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_terminated(run_id, status)
