@@ -1,0 +1,1 @@
+"""Losses: Mask2Former set loss, instance-aware pixel contrastive loss, diagnostics."""

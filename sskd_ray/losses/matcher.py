@@ -1,0 +1,45 @@
+"""Hungarian matching of queries to (pseudo-)ground-truth instances (scipy's linear_sum_assignment).
+
+cost(q, g) = w_class * (-p_q(c_g)) + w_mask * BCE(q, g) + w_dice * Dice(q, g), with the mask terms
+computed on `num_points` uniformly random points shared by all pairs (as in Mask2Former).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from sskd_ray.losses.point_sampling import point_sample
+
+
+def pairwise_bce(pred_logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(Q, P) logits, (G, P) {0,1} -> (Q, G) mean BCE over points."""
+    pos = F.binary_cross_entropy_with_logits(pred_logits, torch.ones_like(pred_logits), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(pred_logits, torch.zeros_like(pred_logits), reduction="none")
+    return (torch.einsum("qp,gp->qg", pos, gt) + torch.einsum("qp,gp->qg", neg, 1 - gt)) / pred_logits.shape[1]
+
+
+def pairwise_dice(pred_logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(Q, P), (G, P) -> (Q, G) dice loss 1 - (2|p.g| + 1) / (|p| + |g| + 1)."""
+    p = pred_logits.sigmoid()
+    numerator = 2 * torch.einsum("qp,gp->qg", p, gt)
+    return 1 - (numerator + 1) / (p.sum(-1)[:, None] + gt.sum(-1)[None, :] + 1)
+
+
+@torch.no_grad()
+def hungarian_match(class_logits: torch.Tensor, mask_logits: torch.Tensor, gt_labels: torch.Tensor,
+                    gt_masks: torch.Tensor, num_points: int = 12544, class_weight: float = 2.0,
+                    mask_weight: float = 5.0, dice_weight: float = 5.0,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image: class_logits (Q, C+1), mask_logits (Q, h, w), gt_labels (G,), gt_masks (G, H, W).
+    Returns (query indices, gt indices), each (min(Q, G),)."""
+    if gt_labels.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    prob = class_logits.float().softmax(-1)[:, gt_labels]  # (Q, G)
+    coords = torch.rand(1, num_points, 2, device=mask_logits.device, generator=generator)
+    pred = point_sample(mask_logits, coords.expand(mask_logits.shape[0], -1, -1))  # (Q, P)
+    gt = point_sample(gt_masks.float(), coords.expand(gt_masks.shape[0], -1, -1))  # (G, P)
+    cost = class_weight * -prob + mask_weight * pairwise_bce(pred, gt) + dice_weight * pairwise_dice(pred, gt)
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)

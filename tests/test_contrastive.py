@@ -1,0 +1,132 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import chisquare
+
+from sskd_ray.losses.contrastive import info_nce, margin_hinge, sample_negatives, sampling_embedding
+from sskd_ray.losses.correspondence import strong_to_weak
+from sskd_ray.losses.diagnostics import false_negative_rate, instance_margin
+from sskd_ray.losses.memory_bank import MemoryBank
+
+
+def _toy_logits():
+    # 1 image, 2 instances (queries), 2 pixels (h=1, w=2), 2 classes + no-object
+    mask_logits = torch.tensor([[[[0.0, math.log(3)]], [[0.0, 0.0]]]])  # (1, 2, 1, 2)
+    class_logits = torch.tensor([[[math.log(3), 0.0, 7.0], [0.0, 0.0, -5.0]]])  # (1, 2, 3)
+    return mask_logits, class_logits
+
+
+def test_sampling_embedding_by_hand():
+    qhat = sampling_embedding(*_toy_logits(), mode="fusion")
+    # pixel 0: P_m = [.5, .5]; pbar = .5*[.75, .25] + .5*[.5, .5] = [.625, .375]
+    # pixel 1: P_m = [.75, .25]; pbar = .75*[.75, .25] + .25*[.5, .5] = [.6875, .3125]
+    q0 = torch.tensor([0.5, 0.5, 0.625, 0.375]) / math.sqrt(0.25 + 0.25 + 0.390625 + 0.140625)
+    q1 = torch.tensor([0.75, 0.25, 0.6875, 0.3125]) / math.sqrt(0.5625 + 0.0625 + 0.47265625 + 0.09765625)
+    assert qhat.shape == (1, 2, 4)
+    assert torch.allclose(qhat[0], torch.stack([q0, q1]), atol=1e-6)
+    mask_only = sampling_embedding(*_toy_logits(), mode="mask")
+    assert torch.allclose(mask_only[0, 1], torch.tensor([0.75, 0.25]) / math.sqrt(0.625), atol=1e-6)
+    class_only = sampling_embedding(*_toy_logits(), mode="class")
+    assert torch.allclose(class_only[0, 0], torch.tensor([0.625, 0.375]) / math.sqrt(0.53125), atol=1e-6)
+    with pytest.raises(ValueError, match="uniform"):
+        sampling_embedding(*_toy_logits(), mode="uniform")
+
+
+def test_info_nce_equals_direct_log_softmax():
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(37, 8, generator=g), dim=1).requires_grad_()
+    p = F.normalize(torch.randn(37, 8, generator=g), dim=1).requires_grad_()
+    pool = F.normalize(torch.randn(50, 8, generator=g), dim=1).requires_grad_()
+    idx = torch.randint(0, 50, (37, 5), generator=g)
+    ours = info_nce(a, p, pool, idx, temperature=0.2, chunk=8)  # several chunks, checkpointed
+    logits = torch.cat([(a * p).sum(1, keepdim=True), torch.einsum("pd,pkd->pk", a, pool[idx])], 1) / 0.2
+    direct = -F.log_softmax(logits, dim=1)[:, 0].mean()
+    assert torch.allclose(ours, direct, atol=1e-6)
+    grads = torch.autograd.grad(ours, (a, p, pool))
+    ref = torch.autograd.grad(direct, (a, p, pool))
+    for g1, g2 in zip(grads, ref):
+        assert torch.allclose(g1, g2, atol=1e-6)
+
+
+def test_margin_hinge_by_hand():
+    a = torch.tensor([[1.0, 0.0]])
+    pool = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    # cos(a, p) = 1; negatives: cos 0 -> relu(.2 + 0 - 1) = 0, cos 1 -> relu(.2 + 1 - 1) = .2
+    loss = margin_hinge(a, a.clone(), pool, torch.tensor([[0, 1]]), margin=0.2)
+    assert loss.item() == pytest.approx(0.1)
+    assert info_nce(a[:0], a[:0], pool, torch.zeros(0, 2, dtype=torch.long), 0.1).item() == 0.0
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("rounds", [4, 0])  # rejection path, and the exact multinomial fallback alone
+def test_negative_frequencies_match_d_power(power, rounds):
+    g = torch.Generator().manual_seed(1)
+    qhat = F.normalize(torch.rand(7, 5, generator=g), dim=1)
+    qhat[3] = qhat[0]  # a duplicate of anchor 0: d = 0, must never be drawn for anchor 0
+    anchors = qhat[[0] * 4000]  # many copies of anchor 0 -> 4000 * K i.i.d. draws
+    idx = sample_negatives(anchors, 8, power=power, generator=g, candidates=qhat, rounds=rounds)
+    counts = np.bincount(idx.flatten().numpy(), minlength=7)
+    d = (1 - qhat @ qhat[0]).clamp(0, 1).double().pow(power).numpy()
+    assert counts[0] == 0 and counts[3] == 0
+    expected = d / d.sum() * counts.sum()
+    nz = expected > 0
+    assert chisquare(counts[nz], expected[nz]).pvalue > 1e-3
+
+
+def test_sampling_never_builds_p_by_p_and_fills_all_slots():
+    g = torch.Generator().manual_seed(0)
+    qhat = F.normalize(torch.rand(3000, 6, generator=g), dim=1)
+    idx = sample_negatives(qhat, 16, generator=g, chunk=256)
+    assert idx.shape == (3000, 16) and idx.min() >= 0 and idx.max() < 3000
+    same = torch.ones(5, 3)  # every candidate identical: distribution undefined -> uniform, no hang
+    assert sample_negatives(F.normalize(same, dim=1), 4, generator=g).shape == (5, 4)
+
+
+def test_same_instance_pixels_are_rarely_each_others_negatives():
+    # a 16x16 map, left half owned by query 0 (class 0), right half by query 1 (class 1)
+    mask_logits = torch.full((1, 2, 16, 16), -4.0)
+    mask_logits[0, 0, :, :8] = 4.0
+    mask_logits[0, 1, :, 8:] = 4.0
+    class_logits = torch.tensor([[[4.0, -4.0, -4.0], [-4.0, 4.0, -4.0]]])
+    qhat = sampling_embedding(mask_logits, class_logits)[0]  # (256, E)
+    ids = torch.zeros(16, 16, dtype=torch.long)
+    ids[:, :8], ids[:, 8:] = 1, 2
+    ids = ids.flatten()
+    idx = sample_negatives(qhat, 32, generator=torch.Generator().manual_seed(0))
+    fnr = false_negative_rate(idx, ids)
+    uniform = torch.randint(0, 256, idx.shape, generator=torch.Generator().manual_seed(0))
+    assert fnr < 0.02 < 0.4 < false_negative_rate(uniform, ids)
+
+
+def test_diagnostics_by_hand():
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    ids = torch.tensor([1, 1, 2, 0])  # the last pixel is background: ignored
+    # same pairs (0,1),(1,0): cos 1; different pairs (0,2),(2,0),(1,2),(2,1): cos 0
+    assert instance_margin(z, ids) == pytest.approx(1.0)
+    neg = torch.tensor([[1, 2], [2, 2], [0, 3], [0, 1]])
+    # anchors 0,1 in instance 1: negatives 1 (same), 2, 2, 2; anchor 2 in instance 2: 0, 3 -> 1 of 6
+    assert false_negative_rate(neg, ids) == pytest.approx(1 / 6)
+
+
+def test_strong_to_weak_crop_and_flip():
+    strong = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 2, 4, 4).clone()  # value = strong column index
+    strong[:, 1] = 1.0  # second channel constant, so normalisation keeps the ratio visible
+    box = torch.tensor([[0.5, 0.0, 1.0, 1.0]])  # the strong view is the right half of the weak view
+    aligned, valid = strong_to_weak(strong, box, torch.tensor([False]), (4, 8))
+    assert valid[0, 0].tolist() == [False] * 4 + [True] * 4
+    raw_first_channel = aligned[0, 0] / aligned[0, 1]  # undo the normalisation: ratio = strong column
+    assert torch.allclose(raw_first_channel[0, 4:], torch.tensor([0.0, 1.0, 2.0, 3.0]), atol=1e-5)
+    aligned, valid = strong_to_weak(strong, box, torch.tensor([True]), (4, 8))
+    assert torch.allclose((aligned[0, 0] / aligned[0, 1])[0, 4:], torch.tensor([3.0, 2.0, 1.0, 0.0]), atol=1e-5)
+
+
+def test_memory_bank_is_fifo():
+    bank = MemoryBank(size=5)
+    bank.push(torch.arange(3.0)[:, None], torch.ones(3, 2))
+    bank.push(torch.arange(3.0, 7.0)[:, None], torch.ones(4, 2))
+    assert len(bank) == 5 and bank.embeddings[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match="width"):
+        bank.push(torch.zeros(1, 1), torch.ones(1, 3))

@@ -1,0 +1,56 @@
+import torch
+
+from sskd_ray.losses.matcher import hungarian_match, pairwise_dice
+from sskd_ray.losses.set_loss import dice_loss, set_loss
+from sskd_ray.models.outputs import SegOutput
+
+
+def _two_squares():
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, :8, :8] = True
+    masks[1, 8:, 8:] = True
+    return masks
+
+
+def test_matching_recovers_the_obvious_assignment():
+    gt = _two_squares()
+    mask_logits = torch.full((3, 16, 16), -6.0)
+    mask_logits[2][gt[0]] = 6.0  # query 2 predicts gt 0
+    mask_logits[0][gt[1]] = 6.0  # query 0 predicts gt 1
+    class_logits = torch.zeros(3, 4)
+    q, g = hungarian_match(class_logits, mask_logits, torch.tensor([1, 2]), gt, num_points=512,
+                           generator=torch.Generator().manual_seed(0))
+    assert dict(zip(g.tolist(), q.tolist())) == {0: 2, 1: 0}
+    empty_q, empty_g = hungarian_match(class_logits, mask_logits, torch.zeros(0, dtype=torch.long), gt[:0])
+    assert empty_q.numel() == 0 and empty_g.numel() == 0
+
+
+def test_dice_by_hand():
+    # p = sigmoid(0) = .5 at 4 points, gt = [1, 1, 0, 0]: 1 - (2 * 1 + 1) / (2 + 2 + 1) = 0.4
+    logits, gt = torch.zeros(1, 4), torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert torch.allclose(dice_loss(logits, gt), torch.tensor([0.4]))
+    assert torch.allclose(pairwise_dice(logits, gt), torch.tensor([[0.4]]))
+
+
+def _output(mask_logits, class_logits):
+    return SegOutput(mask_logits, class_logits, torch.zeros(1, 2, 4, 4), aux=[(mask_logits, class_logits)])
+
+
+def test_set_loss_prefers_the_right_prediction_and_handles_empty_images():
+    gt = _two_squares()
+    target = [{"labels": torch.tensor([0, 1]), "masks": gt}]
+    good_masks = torch.where(gt, 8.0, -8.0)[None]  # (1, 2, 16, 16)
+    good_classes = torch.tensor([[[8.0, -8.0, -8.0], [-8.0, 8.0, -8.0]]])
+    bad = set_loss(_output(-good_masks, good_classes.flip(-1)), target, num_points=256)
+    good = set_loss(_output(good_masks.clone().requires_grad_(), good_classes), target, num_points=256)
+    assert good["loss"] < 0.1 * bad["loss"]
+    assert set(good) == {"loss_class", "loss_mask", "loss_dice", "loss"}
+    # an image with no instances: all queries should say "no object"; mask terms are zero but connected
+    logits = torch.zeros(1, 2, 16, 16, requires_grad=True)
+    empty = set_loss(_output(logits, torch.zeros(1, 2, 3, requires_grad=True)),
+                     [{"labels": torch.zeros(0, dtype=torch.long), "masks": gt[:0]}], num_points=64)
+    assert empty["loss_mask"].item() == 0.0 and empty["loss_dice"].item() == 0.0
+    # CE over 3 equal logits with target no-object: log 3, weighted 2, counted for final + 1 aux layer
+    assert torch.allclose(empty["loss_class"], torch.tensor(2 * 2 * torch.log(torch.tensor(3.0)).item()))
+    empty["loss"].backward()
+    assert logits.grad is not None
