@@ -131,3 +131,17 @@ def test_postprocess_to_coco():
     assert insts[0].mask.sum() == 64 and insts[0].mask[:8, :8].all()
     (res,) = instances_to_coco(insts, image_id=7, category_ids=[10, 20, 30])
     assert res["category_id"] == 20 and res["image_id"] == 7 and res["bbox"] == [0.0, 0.0, 8.0, 8.0]
+
+
+def test_param_groups_give_the_backbone_its_own_lr_and_skip_decay_on_norms():
+    from sskd_ray.models.freeze import param_groups
+
+    model = build_model(tiny_model_config(ModelConfig()), NAMES)
+    groups = param_groups(model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05)
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    for g in groups:
+        is_backbone = {id(p) in encoder_ids for p in g["params"]}
+        assert len(is_backbone) == 1
+        assert g["lr"] == pytest.approx(1e-4 if is_backbone.pop() else 1e-3)
+        assert g["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in g["params"]) else 0.05)
