@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +136,6 @@ def build_builtin_dataset(out: str | Path, num_train: int = 600, num_val: int = 
     assets = load_assets()
     train_json = write_split(out, "train", num_train, size, seed, assets, max_instances)
     write_split(out, "val", num_val, size, seed, assets, max_instances)
-    import json
-
     images = json.loads(train_json.read_text())["images"]
     labeled, _ = split_by_fraction([im["id"] for im in images], labeled_fraction, seed)
     write_split_file(out / "splits" / f"labeled_{round(labeled_fraction * 100)}.txt", images, labeled)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sskd_ray.config import ModelConfig
+from sskd_ray.losses.set_loss import dice_loss
 from sskd_ray.models.encoders import IMAGENET_NORM
 from sskd_ray.models.outputs import SegOutput
 from sskd_ray.models.weights import load_pretrained
@@ -126,11 +127,9 @@ class GroundingSamTeacher(nn.Module):
             logits, _ = self.segment_boxes([e[b:b + 1] for e in embeddings], boxes[b][None])
             gt = F.interpolate(t["masks"][None].float().to(images.device), size=logits.shape[-2:], mode="bilinear",
                                align_corners=False)[0]
-            pred = logits[0]
-            bce = F.binary_cross_entropy_with_logits(pred, gt, reduction="none").flatten(1).mean(1)
-            p = pred.sigmoid().flatten(1)
-            dice = 1 - (2 * (p * gt.flatten(1)).sum(1) + 1) / (p.sum(1) + gt.flatten(1).sum(1) + 1)
-            mask_loss = mask_loss + (bce + dice).sum()
+            pred, gt = logits[0].flatten(1), gt.flatten(1)  # (n, h*w)
+            bce = F.binary_cross_entropy_with_logits(pred, gt, reduction="none").mean(1)
+            mask_loss = mask_loss + (bce + dice_loss(pred, gt)).sum()
             count += len(t["labels"])
         mask_loss = mask_loss / max(count, 1)
         return {"loss_detection": det_loss, "loss_mask": 5.0 * mask_loss}
