@@ -1,0 +1,99 @@
+"""Pseudo-labeling with Ray Data: shards of image paths -> actor pool of teachers -> Parquet store.
+
+Resume is a deterministic shard manifest: shard names derive from their member paths, a shard's
+Parquet file appears atomically when it is done, and a re-run with the same `out` only sends the
+shards without a file. `out/teacher.json` pins the teacher identity; another teacher is refused.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+
+from sskd_ray.config import LabelConfig
+from sskd_ray.data.pseudo_labels import export_coco_results, read_store
+from sskd_ray.label.predictor import TeacherPredictor
+from sskd_ray.label.sources import plan_shards
+
+
+class TeacherMismatchError(RuntimeError):
+    """`out` already holds labels from a different teacher."""
+
+
+def claim_output(out: Path, teacher_id: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "teacher.json"
+    if marker.is_file():
+        existing = json.loads(marker.read_text())["teacher"]
+        if existing != teacher_id:
+            raise TeacherMismatchError(
+                f"{out} holds pseudo-labels from teacher '{existing}', not '{teacher_id}': "
+                f"use another --out, or delete {out} to relabel with the new teacher")
+    else:
+        marker.write_text(json.dumps({"teacher": teacher_id}))
+
+
+def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
+    """Ray waits forever for GPUs it does not have: fail now, saying what is there."""
+    if num_gpus_per_actor <= 0:
+        return
+    have = ray.cluster_resources().get("GPU", 0)
+    need = num_gpus_per_actor * num_actors
+    if have < need:
+        raise RuntimeError(f"labeling asks for {need:g} GPU(s) ({num_actors} actors x {num_gpus_per_actor:g}) "
+                           f"but the Ray cluster has {have:g}; set label.num_gpus_per_actor=0 for CPU")
+
+
+def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teacher_id: str, image_size: int,
+                 cfg: LabelConfig) -> dict:
+    """Label `images` into `out`; returns the summary (also written to out/summary.json)."""
+    import time
+
+    out = Path(out)
+    claim_output(out, teacher_id)
+    shards = plan_shards(images, cfg.images_per_shard)
+    pending = [s for s in shards if not (out / f"{s['shard']}.parquet").is_file()]
+    check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
+    start = time.perf_counter()
+    if pending:
+        ds = ray.data.from_items([{"shard": s["shard"], "images": json.dumps(s["images"])} for s in pending],
+                                 override_num_blocks=len(pending))
+        size = (cfg.num_actors, cfg.max_actors) if cfg.max_actors > cfg.num_actors else cfg.num_actors
+        ds = ds.map_batches(
+            TeacherPredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size) if isinstance(size, int)
+            else ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
+            fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=str(out), teacher_id=teacher_id,
+                                       image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
+                                       batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
+                                       torch_threads=cfg.torch_threads),
+            num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
+        ds.take_all()  # results are on disk; the returned rows are only per-shard counts
+    return summarise(out, [s["shard"] for s in shards], len(images), time.perf_counter() - start, len(pending))
+
+
+def summarise(out: Path, shard_names: list[str], num_images: int, seconds: float, shards_run: int) -> dict:
+    errors = []
+    for name in shard_names:
+        path = out / "errors" / f"{name}.json"
+        if path.is_file():
+            errors += json.loads(path.read_text())
+    (out / "errors.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors))
+    table = read_store(out)
+    per_class: dict[int, int] = {}
+    scores = []
+    for insts in table.column("instances").to_pylist():
+        for inst in insts:
+            per_class[inst["category_id"]] = per_class.get(inst["category_id"], 0) + 1
+            scores.append(inst["score"])
+    import numpy as np
+
+    hist, edges = np.histogram(scores, bins=10, range=(0.0, 1.0))
+    summary = {"images_seen": num_images, "images_labeled": table.num_rows, "images_skipped": len(errors),
+               "instances": len(scores), "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
+               "score_histogram": {"edges": edges.round(2).tolist(), "counts": hist.tolist()},
+               "shards_run": shards_run, "seconds": seconds,
+               "images_per_second": (table.num_rows / seconds) if shards_run and seconds > 0 else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    export_coco_results(out, out / "coco_results.json")
+    return summary

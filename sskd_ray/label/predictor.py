@@ -1,0 +1,89 @@
+"""The Ray Data UDF: one actor holds the teacher; one call labels one shard of images and writes
+that shard's Parquet file atomically, so a finished shard is never redone and never half-written.
+
+Decoding happens here, per image (`decode_image`): a bad file is listed with its reason and the
+rest of its shard is labeled as usual.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sskd_ray.config import ModelConfig
+from sskd_ray.data.decode import decode_image
+from sskd_ray.data.pseudo_labels import write_shard
+from sskd_ray.models.build import build_model
+from sskd_ray.models.postprocess import instances_from_output, instances_to_coco
+
+
+def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
+    """spec: {"model": ModelConfig fields, "class_names": [...], "checkpoint": path to a state dict or ""}."""
+    known = {f.name for f in fields(ModelConfig)}
+    model = build_model(ModelConfig(**{k: v for k, v in spec["model"].items() if k in known}), spec["class_names"])
+    if spec.get("checkpoint"):
+        model.load_state_dict(torch.load(spec["checkpoint"], map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+class TeacherPredictor:
+    def __init__(self, spec: dict, out_dir: str, teacher_id: str, image_size: int, score_threshold: float,
+                 top_k: int, batch_size: int, max_pixels: int, torch_threads: int = 1):
+        torch.set_num_threads(max(1, torch_threads))  # several actors share the cores: no oversubscription
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = build_teacher_from_spec(spec).to(self.device)
+        self.category_ids = spec["category_ids"]
+        self.out_dir = Path(out_dir)
+        self.teacher_id, self.image_size = teacher_id, image_size
+        self.score_threshold, self.top_k = score_threshold, top_k
+        self.batch_size, self.max_pixels = batch_size, max_pixels
+
+    def _predict(self, arrays: list[np.ndarray]) -> list[list]:
+        out = []
+        for s in range(0, len(arrays), self.batch_size):
+            chunk = arrays[s:s + self.batch_size]
+            batch = torch.stack([
+                F.interpolate(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, size=(self.image_size,) * 2,
+                              mode="bilinear", align_corners=False)[0] for a in chunk]).to(self.device)
+            with torch.inference_mode():
+                result = self.model(batch)
+            out += instances_from_output(result, [a.shape[:2] for a in chunk], self.score_threshold, self.top_k)
+        return out
+
+    def label_shard(self, shard: str, images: list[dict]) -> dict:
+        start = time.perf_counter()
+        decoded, errors = [], []
+        for im in images:
+            try:
+                data = Path(im["path"]).read_bytes()
+            except OSError as err:
+                errors.append({"path": im["path"], "reason": f"cannot read: {err}"})
+                continue
+            array, reason = decode_image(data, self.max_pixels)
+            if array is None:
+                errors.append({"path": im["path"], "reason": reason})
+            else:
+                decoded.append((im, array))
+        instances = self._predict([a for _, a in decoded]) if decoded else []
+        rows = []
+        for (im, array), insts in zip(decoded, instances):
+            coco = instances_to_coco(insts, im["image_id"], self.category_ids)
+            rows.append({"image_id": im["image_id"], "file_name": im["file_name"], "height": array.shape[0],
+                         "width": array.shape[1], "teacher": self.teacher_id,
+                         "instances": [{"category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
+                                        "segmentation": r["segmentation"]["counts"]} for r in coco]})
+        # errors first, then the shard: a shard file on disk means everything about it is recorded
+        err_path = self.out_dir / "errors" / f"{shard}.json"
+        err_path.parent.mkdir(parents=True, exist_ok=True)
+        err_path.write_text(json.dumps(errors))
+        write_shard(self.out_dir / f"{shard}.parquet", rows)
+        return {"shard": shard, "labeled": len(rows), "skipped": len(errors), "seconds": time.perf_counter() - start}
+
+    def __call__(self, batch: dict) -> dict:
+        results = [self.label_shard(s, json.loads(imgs)) for s, imgs in zip(batch["shard"], batch["images"])]
+        return {key: np.array([r[key] for r in results]) for key in results[0]}
