@@ -72,3 +72,36 @@ def test_gpu_request_without_gpus_fails_fast(local_ray, builtin_dir, tmp_path):
     assert len(images) == 8 and images[0]["image_id"] > 1_000_000
     with pytest.raises(RuntimeError, match="GPU"):
         run_labeling(images, tmp_path / "o", _spec(), "t", 64, LabelConfig(num_gpus_per_actor=0.5))
+
+
+def test_sources_glob_parquet_and_checkpoint_teacher(builtin_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from sskd_ray.config import Config
+    from sskd_ray.label.predictor import build_teacher_from_spec
+    from sskd_ray.label.run import resolve_teacher
+    from sskd_ray.label.sources import plan_shards
+
+    by_glob = list_images(str(builtin_dir / "images" / "val" / "*.png"))
+    assert len(by_glob) == 8
+    pq.write_table(pa.table({"path": [im["path"] for im in by_glob]}), tmp_path / "list.parquet")
+    assert [im["image_id"] for im in list_images(str(tmp_path / "list.parquet"))] == [im["image_id"] for im in by_glob]
+    shards = plan_shards(by_glob, 3)
+    assert [len(s["images"]) for s in shards] == [3, 3, 2] and plan_shards(by_glob, 3) == shards
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_images(str(tmp_path / "nothing-*.png"))
+
+    spec = _spec()
+    model = build_teacher_from_spec(spec)
+    ckpt = tmp_path / "adapted"
+    ckpt.mkdir()
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "teacher.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "checkpoint"}))
+    loaded_spec, teacher_id, size = resolve_teacher(Config(), str(ckpt), smoke=False)
+    assert teacher_id.startswith("adapted:") and size == 64
+    reloaded = build_teacher_from_spec(loaded_spec)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="teacher.json"):
+        resolve_teacher(Config(), str(tmp_path), smoke=False)

@@ -25,6 +25,7 @@ from sskd_ray.models.postprocess import instances_from_output, instances_to_coco
 def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
     """spec: {"model": ModelConfig fields, "class_names": [...], "checkpoint": path to a state dict or ""}."""
     known = {f.name for f in fields(ModelConfig)}
+    torch.manual_seed(0)  # random-weight teachers (smoke) must be the same model in every actor
     model = build_model(ModelConfig(**{k: v for k, v in spec["model"].items() if k in known}), spec["class_names"])
     if spec.get("checkpoint"):
         model.load_state_dict(torch.load(spec["checkpoint"], map_location="cpu", weights_only=True))

@@ -1,0 +1,52 @@
+"""jobs/pseudo_label.py as users run it: killed part-way, re-run, same store as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from sskd_ray.data.pseudo_labels import read_store, shard_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _job(images, out, *extra):
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    return [sys.executable, str(ROOT / "jobs" / "pseudo_label.py"), "--images", str(images), "--teacher", "builtin",
+            "--out", str(out), "--smoke", "label.images_per_shard=3", "label.score_threshold=0.0", *extra], env
+
+
+def _store(out):
+    rows = read_store(out).to_pylist()
+    return sorted((r["image_id"], [(i["category_id"], round(i["score"], 4), i["segmentation"]) for i in r["instances"]])
+                  for r in rows)
+
+
+def test_killed_run_resumes_to_the_same_store(builtin_dir, tmp_path):
+    images = builtin_dir / "train.json"
+    cmd, env = _job(images, tmp_path / "full")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    full = _store(tmp_path / "full")
+    assert len(full) == 24 and len({i for i, _ in full}) == 24
+
+    cmd, env = _job(images, tmp_path / "killed")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(shard_paths(tmp_path / "killed")) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    done = len(shard_paths(tmp_path / "killed"))
+    assert 2 <= done < 8, f"kill landed after {done} of 8 shards"
+    result = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300)
+    assert '"images_labeled": 24' in result.stdout
+    assert _store(tmp_path / "killed") == full
+
+    runs = MlflowClient(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}").search_runs(
+        [MlflowClient(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}").get_experiment_by_name("sskd-ray").experiment_id])
+    assert any("quality_mask_AP" in r.data.metrics for r in runs)
+    assert (tmp_path / "killed" / "scores.png").stat().st_size > 1000
