@@ -36,7 +36,7 @@ def mixed_folder(builtin_dir, tmp_path):
     return folder
 
 
-def _spec(tag=""):
+def _spec():
     model = dataclasses.asdict(tiny_model_config(ModelConfig()))
     return {"model": model, "class_names": list(CLASS_NAMES), "category_ids": list(range(1, 11)), "checkpoint": ""}
 

@@ -29,7 +29,6 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> tuple[np.ndarray 
         array = array.astype(np.float64)
         top = array.max() if array.max() > 255 else 255.0
         return np.repeat((array / top * 255).round().astype(np.uint8)[..., None], 3, axis=2), ""
-    if array.dtype != np.uint8 or image.mode not in ("RGB",):
-        image = image.convert("RGB")
-        array = np.asarray(image)
+    if image.mode != "RGB":  # grey, palette, RGBA, CMYK, ...
+        array = np.asarray(image.convert("RGB"))
     return np.ascontiguousarray(array), ""

@@ -7,8 +7,10 @@ shards without a file. `out/teacher.json` pins the teacher identity; another tea
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from sskd_ray.config import LabelConfig
@@ -48,8 +50,6 @@ def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
 def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teacher_id: str, image_size: int,
                  cfg: LabelConfig) -> dict:
     """Label `images` into `out`; returns the summary (also written to out/summary.json)."""
-    import time
-
     out = Path(out)
     claim_output(out, teacher_id)
     shards = plan_shards(images, cfg.images_per_shard)
@@ -59,10 +59,9 @@ def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teache
     if pending:
         ds = ray.data.from_items([{"shard": s["shard"], "images": json.dumps(s["images"])} for s in pending],
                                  override_num_blocks=len(pending))
-        size = (cfg.num_actors, cfg.max_actors) if cfg.max_actors > cfg.num_actors else cfg.num_actors
+        pool = ray.data.ActorPoolStrategy(min_size=cfg.num_actors, max_size=max(cfg.max_actors, cfg.num_actors))
         ds = ds.map_batches(
-            TeacherPredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size) if isinstance(size, int)
-            else ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
+            TeacherPredictor, batch_size=1, compute=pool,
             fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=str(out), teacher_id=teacher_id,
                                        image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
                                        batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
@@ -86,8 +85,6 @@ def summarise(out: Path, shard_names: list[str], num_images: int, seconds: float
         for inst in insts:
             per_class[inst["category_id"]] = per_class.get(inst["category_id"], 0) + 1
             scores.append(inst["score"])
-    import numpy as np
-
     hist, edges = np.histogram(scores, bins=10, range=(0.0, 1.0))
     summary = {"images_seen": num_images, "images_labeled": table.num_rows, "images_skipped": len(errors),
                "instances": len(scores), "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},

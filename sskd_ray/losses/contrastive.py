@@ -102,8 +102,9 @@ def sample_uniform_negatives(num_anchors: int, num_candidates: int, num_negative
 
 
 def _negative_scores(anchors: torch.Tensor, pool: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(c, D), (M, D), (c, K) -> (c, K) <anchor, pool[index]>. F.embedding's backward accumulates
-    into the pool much faster on CPU than advanced indexing's (measured 2.5x in bench)."""
+    """(c, D), (M, D), (c, K) -> (c, K) <anchor, pool[index]>. F.embedding + bmm instead of
+    `pool[index]`: its backward accumulates into the pool faster on CPU (seen ~2.5x in a one-off
+    timing at P=4096, K=256, D=128 during development; bench/contrastive_memory.py times the whole)."""
     return torch.bmm(F.embedding(index, pool), anchors[:, :, None])[..., 0]
 
 
