@@ -57,7 +57,9 @@ class ModelConfig:
     # gdino_sam2 teacher only
     detector: str = "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg"
     segmenter: str = "facebook/sam2.1-hiera-large"
-    freeze: list[str] = field(default_factory=lambda: ["detector.backbone", "segmenter.vision_encoder"])
+    # parameter-name prefixes kept frozen in training, e.g. ["encoder"] or, for the VFM teacher,
+    # ["detector.model.backbone", "segmenter.vision_encoder"]; a prefix matching nothing is an error
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class StageConfig:
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 50
     num_workers: int = 1
+    cpus_per_worker: int = 2  # Ray CPUs per training worker; also its torch thread count
     use_gpu: bool = False
     max_failures: int = 2
 
@@ -215,16 +218,18 @@ def _nest(key: str, value: Any) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (overrides only), then each dotted override in order."""
+def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then each YAML file in order (overrides only), then each dotted override in order."""
     cfg = Config()
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+    for file in ([path] if isinstance(path, (str, Path)) else list(path or [])):
+        if not file:
+            continue
+        file = Path(file)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        values = yaml.safe_load(file.read_text()) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+            raise ConfigError(f"{file}: top level must be a mapping")
         _build(Config, values, base=cfg)
     for text in overrides:
         key, value = parse_override(text)
@@ -256,8 +261,8 @@ def validate_config(cfg: Config) -> None:
         stage = getattr(cfg.stages, stage_name)
         if stage.schedule not in ("poly", "multistep"):
             raise ConfigError(f"stages.{stage_name}.schedule: {stage.schedule!r} is not poly or multistep")
-        if stage.iterations < 0 or stage.batch_size < 1 or stage.num_workers < 1:
-            raise ConfigError(f"stages.{stage_name}: iterations >= 0, batch_size >= 1, num_workers >= 1")
+        if stage.iterations < 1 or stage.batch_size < 1 or stage.num_workers < 1 or stage.cpus_per_worker < 1:
+            raise ConfigError(f"stages.{stage_name}: iterations, batch_size, num_workers and cpus_per_worker must be >= 1")
     if not 0.0 < cfg.data.labeled_fraction <= 1.0:
         raise ConfigError(f"data.labeled_fraction: {cfg.data.labeled_fraction} is not in (0, 1]")
     if cfg.loss.temperature <= 0:

@@ -16,4 +16,4 @@ def init_ray(local_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=local_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
+        ray.init(num_cpus=local_cpus or max(4, os.cpu_count() or 1))

@@ -25,7 +25,14 @@ def resolve_tracking_uri(configured: str, run_dir: str | Path) -> str:
 def _client(uri: str):
     import mlflow
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow 3 also exports the URI to the environment: every later run of this process (and every
+    # child process, e.g. a sweep started by a test) would then log there instead of its own run dir
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return mlflow
 
 

@@ -23,3 +23,14 @@ def test_parent_and_child_runs_in_sqlite(tmp_path, monkeypatch):
     assert [a.path for a in client.list_artifacts(child)] == ["report.md"]
     assert tracking.find_run(uri, "exp", {"sskd.run_dir": str(tmp_path)}) == parent
     assert tracking.find_run(uri, "exp", {"sskd.run_dir": "elsewhere"}) is None
+
+
+def test_logging_to_one_run_dir_does_not_redirect_the_next(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second run dir must still get its own db."""
+    from sskd_ray import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = tracking.resolve_tracking_uri("", tmp_path / "a")
+    with tracking.start_run(first, "exp", "one", run_dir=tmp_path / "a"):
+        pass
+    assert tracking.resolve_tracking_uri("", tmp_path / "b") == f"sqlite:///{(tmp_path / 'b').resolve() / 'mlflow.db'}"

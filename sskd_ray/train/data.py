@@ -1,0 +1,145 @@
+"""What a training step reads: labeled images with ground truth and pool images with pseudo-labels.
+
+A `TrainingSet` is built inside each Ray Train worker from plain paths (a COCO json + image dir for
+the labeled part, a pseudo-label store + image dir for the pool), so nothing large crosses the
+driver. Batches are drawn by index from a generator seeded with (seed, iteration), so a worker
+restarted from a checkpoint at iteration t sees exactly the batches it would have seen; each rank
+takes its own slice of the global batch (a sharded loader without a sampler's state to save).
+
+An image that cannot be read is skipped and recorded (path + reason); the batch takes the next one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sskd_ray.data.coco import load_coco
+from sskd_ray.data.pseudo_labels import read_store, row_targets
+from sskd_ray.data.views import make_views
+
+
+@dataclass
+class Sample:
+    path: str
+    image_id: int
+    labeled: bool  # ground truth (True) or pseudo-labels (False)
+    row: int  # index into the CocoDataset's images or the store table
+
+
+@dataclass
+class Batch:
+    weak: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    strong: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    crop_boxes: torch.Tensor  # (B, 4)
+    strong_flipped: torch.Tensor  # (B,) bool
+    targets: list[dict]  # per image {"labels": (n,), "masks": (n, S, S) bool}, in the weak view's frame
+    labeled: torch.Tensor  # (B,) bool
+
+
+@dataclass
+class TrainingSet:
+    labeled: list[Sample]
+    pseudo: list[Sample]
+    image_size: int
+    coco: object
+    store: object = None
+    category_ids: list[int] = field(default_factory=list)
+    score_threshold: float = 0.3
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+    def targets(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        if sample.labeled:
+            return self.coco.instance_masks(self.coco.images[sample.row])
+        row = {name: self.store.column(name)[sample.row].as_py() for name in ("height", "width", "instances")}
+        return row_targets(row, self.category_ids, self.score_threshold)
+
+
+def build_training_set(labeled_json: str, labeled_images: str, image_size: int, pseudo_dir: str = "",
+                       pseudo_images: str = "", score_threshold: float = 0.3) -> TrainingSet:
+    coco = load_coco(labeled_json, labeled_images, check_files=False)
+    labeled = [Sample(str(coco.image_path(im)), im["id"], True, i) for i, im in enumerate(coco.images)]
+    pseudo, store = [], None
+    if pseudo_dir:
+        store = read_store(pseudo_dir).select(["image_id", "file_name", "height", "width", "instances"])
+        if store.num_rows == 0:
+            raise FileNotFoundError(f"pseudo-label store '{pseudo_dir}' holds no shards: run the labeling pass first")
+        names = store.column("file_name").to_pylist()
+        ids = store.column("image_id").to_pylist()
+        pseudo = [Sample(str(Path(pseudo_images) / n), int(i), False, r) for r, (n, i) in enumerate(zip(names, ids))]
+    if not labeled:
+        raise ValueError(f"{labeled_json}: no labeled images to train on")
+    return TrainingSet(labeled, pseudo, image_size, coco, store, coco.category_ids, score_threshold)
+
+
+def _load_image(path: str) -> torch.Tensor:
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255  # (3, H, W)
+
+
+def _resize_masks(masks: np.ndarray, size: int, flip: bool) -> torch.Tensor:
+    if masks.shape[0] == 0:
+        return torch.zeros(0, size, size, dtype=torch.bool)
+    m = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="bilinear",
+                      align_corners=False)[:, 0] > 0.5  # (n, S, S)
+    return m.flip(-1) if flip else m
+
+
+def load_example(ts: TrainingSet, sample: Sample, generator: torch.Generator, photometric: bool = True):
+    """-> (ViewPair, {"labels", "masks"} in the weak view's frame); raises on an unreadable image."""
+    image = _load_image(sample.path)
+    masks, labels = ts.targets(sample)
+    if masks.shape[0] and masks.shape[1:] != image.shape[1:]:
+        raise ValueError(f"annotation size {masks.shape[1:]} != image size {tuple(image.shape[1:])}")
+    views = make_views(image, ts.image_size, generator, photometric=photometric)
+    resized = _resize_masks(masks, ts.image_size, views.weak_flipped)
+    keep = resized.flatten(1).any(1)  # instances too small to survive the resize are dropped
+    return views, {"labels": torch.from_numpy(labels)[keep], "masks": resized[keep]}
+
+
+def draw_batch(ts: TrainingSet, iteration: int, seed: int, batch_size: int, rank: int, world_size: int,
+               pseudo_share: float) -> Batch:
+    """This rank's part of the global batch for `iteration` (global size = batch_size * world_size).
+
+    With a pool, `pseudo_share` of each rank's images come from it (at least one, at most B - 1)."""
+    rng = np.random.default_rng([seed, iteration])
+    n_pseudo = 0
+    if ts.pseudo and pseudo_share > 0:
+        n_pseudo = min(max(1, round(batch_size * pseudo_share)), batch_size - 1) if batch_size > 1 else 1
+    n_labeled = batch_size - n_pseudo
+    picks = []
+    for pool, count in ((ts.labeled, n_labeled), (ts.pseudo, n_pseudo)):
+        if count == 0:
+            continue
+        order = rng.permutation(len(pool)) if len(pool) >= count * world_size else rng.integers(0, len(pool), 4 * count * world_size)
+        candidates = [pool[i] for i in order[rank::world_size]]  # disjoint per rank when the pool allows
+        picks.append((candidates, count))
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)) + rank)
+    views, targets, flags = [], [], []
+    for candidates, count in picks:
+        taken = 0
+        for sample in candidates:
+            if taken == count:
+                break
+            if sample.path in ts.skipped:
+                continue
+            try:
+                view, target = load_example(ts, sample, generator)
+            except Exception as err:  # noqa: BLE001 - any unreadable image is skipped and listed, not fatal
+                ts.skipped[sample.path] = f"{type(err).__name__}: {err}"
+                continue
+            views.append(view)
+            targets.append(target)
+            flags.append(sample.labeled)
+            taken += 1
+    if not views:
+        raise RuntimeError(f"no readable training image at iteration {iteration}; skipped: {list(ts.skipped.items())[:5]}")
+    return Batch(weak=torch.stack([v.weak for v in views]), strong=torch.stack([v.strong for v in views]),
+                 crop_boxes=torch.stack([v.crop_box for v in views]),
+                 strong_flipped=torch.stack([v.strong_flipped for v in views]), targets=targets,
+                 labeled=torch.tensor(flags))

@@ -1,0 +1,187 @@
+"""The one training loop every stage runs inside Ray Train workers (`train_loop_per_worker`).
+
+A stage is a plain dict (`StageSpec.loop_config()`): which model and start weights, which loss
+terms, the optimiser and schedule, the data paths. Progress is counted in iterations stored inside
+each checkpoint, so a restarted worker group continues where the last registered checkpoint left
+off and sees the same batches it would have seen (they are drawn from (seed, iteration)).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray.models.build import build_model
+from sskd_ray.models.freeze import apply_freeze, param_groups
+from sskd_ray.train.data import build_training_set, draw_batch
+from sskd_ray.train.objective import Objective
+
+MODEL_FILE, STATE_FILE, METRICS_FILE, HISTORY_FILE = "model.pt", "state.pt", "metrics.json", "history.json"
+FAULT_ENV = "SSKD_FAULT_AT_ITERATION"  # tests: "N:marker-path" makes one worker die once at iteration N
+
+
+def lr_factor(schedule: str, iteration: int, total: int) -> float:
+    """poly (power 0.9) or multi-step (x0.1 at 90 % and again at 95 % of the run), as in Table 7."""
+    if total <= 0:
+        return 1.0
+    if schedule == "poly":
+        return (1 - iteration / total) ** 0.9
+    return 0.1 ** ((iteration >= 0.9 * total) + (iteration >= 0.95 * total))
+
+
+def _dataclass(cls, values: dict):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def build_stage_model(config: dict) -> torch.nn.Module:
+    """The stage's model: built from its config (pretrained weights as configured), then the start
+    checkpoint if the stage continues another (refinement starts from the distilled student)."""
+    torch.manual_seed(config["seed"])
+    model_cfg = _dataclass(ModelConfig, config["model"])
+    model = build_model(model_cfg, config["class_names"])
+    if config.get("init"):
+        model.load_state_dict(torch.load(config["init"], map_location="cpu", weights_only=True))
+    if model_cfg.freeze:
+        apply_freeze(model, model_cfg.freeze)
+    return model
+
+
+def _maybe_fail(iteration: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if iteration == int(at) and not Path(marker).exists():
+        Path(marker).write_text(f"worker pid {os.getpid()} died at iteration {iteration}\n")
+        os._exit(1)  # a hard crash: no cleanup, no report
+
+
+def _reduce_mean(values: list[float], world: int, device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+        t /= world
+    return t.tolist()
+
+
+def _save(model: torch.nn.Module, optimizer, iteration: int, history: list, skipped: dict, metrics: dict | None) -> str:
+    folder = tempfile.mkdtemp(prefix="sskd-ckpt-")
+    torch.save(model.state_dict(), Path(folder) / MODEL_FILE)
+    torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration, "skipped": skipped},
+               Path(folder) / STATE_FILE)
+    (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
+    if metrics is not None:
+        (Path(folder) / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return folder
+
+
+def _evaluate(model: torch.nn.Module, config: dict, device: torch.device) -> dict:
+    from sskd_ray.eval.model_eval import evaluate_model
+
+    data = config["data"]
+    metrics, _ = evaluate_model(model, data["val_json"], data["val_images"], data["image_size"], device=device)
+    return {k: v for k, v in metrics.items() if k.startswith("mask_")}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    device = ray.train.torch.get_device()
+    stage = _dataclass(StageConfig, config["stage"])
+    loss_cfg = _dataclass(LossConfig, config["loss"])
+    data = config["data"]
+    model = build_stage_model(config)
+    optimizer = torch.optim.AdamW(param_groups(model, stage.lr, stage.backbone_lr_mult, stage.weight_decay))
+    start, history, skipped = 0, [], {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            model.load_state_dict(torch.load(Path(folder) / MODEL_FILE, map_location="cpu", weights_only=True))
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            start, skipped = state["iteration"], state["skipped"]
+            history = [row for row in json.loads((Path(folder) / HISTORY_FILE).read_text()) if row["iteration"] <= start]
+        history.append({"iteration": start, "event": "resumed"})
+        print(f"[{config['name']}] rank {rank}: resumed from the checkpoint at iteration {start}", flush=True)
+    # find_unused_parameters: some configs leave parameters out of the graph (a decoder with fewer
+    # layers than feature levels never reads the last level's projection)
+    objective = ray.train.torch.prepare_model(Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive),
+                                              parallel_strategy_kwargs={"find_unused_parameters": True})
+    plain = objective.module.model if hasattr(objective, "module") else objective.model
+    ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
+                            data.get("pseudo_dir", "") if stage.use_pseudo_labels else "", data.get("pseudo_images", ""),
+                            data.get("score_threshold", 0.3))
+    ts.skipped.update(skipped)
+    pseudo_share = data.get("pseudo_share", 0.5) if stage.use_pseudo_labels else 0.0
+    amp = device.type == "cuda" and config.get("amp", True)
+    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    log_every = max(1, int(config.get("log_every", 10)))
+    window: dict[str, list[float]] = {}
+    tracking = config.get("tracking") or {}
+    began, began_it = time.perf_counter(), start
+    for it in range(start, stage.iterations):
+        _maybe_fail(it)
+        factor = lr_factor(stage.schedule, it, stage.iterations)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        batch = draw_batch(ts, it, config["seed"], stage.batch_size, rank, world, pseudo_share)
+        counts = [float(sum(len(t["labels"]) for t, lab in zip(batch.targets, batch.labeled) if lab == flag))
+                  for flag in (True, False)]
+        num_masks = tuple(max(c, 1.0) for c in _reduce_mean(counts, world, device))
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            terms = objective(batch.weak.to(device), batch.strong.to(device), batch.crop_boxes, batch.strong_flipped,
+                              targets, batch.labeled, num_masks, generator)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if stage.grad_clip > 0:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(plain.parameters(), stage.grad_clip)
+        optimizer.step()
+        for key, value in terms.items():
+            window.setdefault(key, []).append(float(value.detach()))
+        done = it + 1
+        last = done == stage.iterations
+        row = None
+        if done % log_every == 0 or last:
+            keys = sorted(window)
+            means = _reduce_mean([sum(window[k]) / len(window[k]) for k in keys], world, device)
+            row = {"iteration": done, "lr": max(g["lr"] for g in optimizer.param_groups), **dict(zip(keys, means))}
+            window = {}
+            if rank == 0:
+                speed = (done - began_it) / (time.perf_counter() - began)
+                print(f"[{config['name']}] {done}/{stage.iterations} loss {row['loss']:.3f} "
+                      f"({speed:.2f} it/s, ~{(stage.iterations - done) / max(speed, 1e-9):.0f} s left)", flush=True)
+        evaluate = (stage.eval_every and done % stage.eval_every == 0) or last
+        if evaluate and rank == 0:
+            row = {**(row or {"iteration": done}), **_evaluate(plain, config, device)}
+        if row is not None and rank == 0:
+            history.append(row)
+            if tracking.get("run_id"):
+                from sskd_ray import tracking as mlflow_tracking
+
+                mlflow_tracking.log_metrics(tracking["uri"], tracking["run_id"], row, step=done)
+        if done % stage.checkpoint_every == 0 or last:
+            report = {"iteration": done, "skipped_images": len(ts.skipped)}
+            if rank == 0:
+                metrics = None
+                if last:
+                    metrics = {**{k: v for k, v in history[-1].items() if k.startswith("mask_")}, "iterations": done,
+                               "skipped": ts.skipped, "world_size": world}
+                    report.update({k: v for k, v in metrics.items() if k.startswith("mask_")})
+                folder = _save(plain, optimizer, done, history, ts.skipped, metrics)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                shutil.rmtree(folder, ignore_errors=True)  # report() copied it into the run's storage
+            else:
+                ray.train.report(report)

@@ -1,0 +1,139 @@
+"""The unified objective (METHOD.md Eq. 3), one module for every stage:
+
+    L = L_sup(labeled) + alpha * L_pl(pseudo-labeled) + lambda * L_con(weak vs strong, all images)
+
+It is an `nn.Module` whose forward computes the losses, so Ray Train's DDP wrapper sees one
+forward per step whatever the model (the Grounding-DINO + SAM2 teacher's supervised term is its
+own `adaptation_loss`, not the set loss). A stage switches terms off through its config.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sskd_ray.config import LossConfig
+from sskd_ray.losses.contrastive import info_nce, margin_hinge, sample_negatives, sample_uniform_negatives, sampling_embedding
+from sskd_ray.losses.correspondence import strong_to_weak
+from sskd_ray.losses.diagnostics import false_negative_rate, instance_margin
+from sskd_ray.losses.memory_bank import MemoryBank
+from sskd_ray.losses.set_loss import set_loss
+from sskd_ray.models.outputs import SegOutput
+
+
+def select(out: SegOutput, index: torch.Tensor) -> SegOutput:
+    """The outputs of the images in `index` (a batch subset)."""
+    return SegOutput(out.mask_logits[index], out.class_logits[index], out.embeddings[index],
+                     [(m[index], c[index]) for m, c in out.aux])
+
+
+def instance_ids(targets: list[dict], size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) long: 0 background, else an id unique across the batch (later instances on top)."""
+    out = torch.zeros(len(targets), *size, dtype=torch.long)
+    next_id = 1
+    for b, t in enumerate(targets):
+        if len(t["masks"]) == 0:
+            continue
+        small = F.interpolate(t["masks"][:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        for m in small:
+            out[b][m] = next_id
+            next_id += 1
+    return out
+
+
+class Objective(nn.Module):
+    def __init__(self, model: nn.Module, loss: LossConfig, use_pseudo_labels: bool, use_contrastive: bool):
+        super().__init__()
+        self.model = model
+        self.cfg = loss
+        self.use_pseudo_labels, self.use_contrastive = use_pseudo_labels, use_contrastive
+        self.weights = dict(class_weight=loss.class_weight, mask_weight=loss.mask_weight, dice_weight=loss.dice_weight,
+                            no_object_weight=loss.no_object_weight, num_points=loss.num_points,
+                            oversample_ratio=loss.oversample_ratio, importance_ratio=loss.importance_ratio)
+        self.bank = MemoryBank(loss.memory_bank_size) if loss.negative_scope == "memory_bank" else None
+
+    def _supervised(self, images: torch.Tensor, out: SegOutput, targets: list[dict], num_masks: float) -> torch.Tensor:
+        if hasattr(self.model, "adaptation_loss"):  # the VFM teacher trains with its own heads' losses
+            return sum(self.model.adaptation_loss(images, targets).values())
+        return set_loss(out, targets, num_masks, **self.weights)["loss"]
+
+    def forward(self, weak: torch.Tensor, strong: torch.Tensor, crop_boxes: torch.Tensor, strong_flipped: torch.Tensor,
+                targets: list[dict], labeled: torch.Tensor, num_masks: tuple[float, float],
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        b = weak.shape[0]
+        images = torch.cat([weak, strong]) if self.use_contrastive else weak
+        out = self.model(images)
+        out_w = select(out, torch.arange(b, device=weak.device)) if self.use_contrastive else out
+        # 0 * every output: each head stays in the graph even when its term is off (DDP wants all used)
+        zero = (out.mask_logits.sum() + out.class_logits.sum() + out.embeddings.sum()) * 0.0
+        terms = {"loss_sup": zero, "loss_pl": zero, "loss_con": zero}
+        lab = labeled.nonzero(as_tuple=True)[0].to(weak.device)
+        if len(lab):
+            terms["loss_sup"] = self._supervised(weak[lab], select(out_w, lab), [targets[i] for i in lab.tolist()],
+                                                 num_masks[0])
+        pl = (~labeled).nonzero(as_tuple=True)[0].to(weak.device)
+        if self.use_pseudo_labels and len(pl):
+            terms["loss_pl"] = self._supervised(weak[pl], select(out_w, pl), [targets[i] for i in pl.tolist()],
+                                                num_masks[1])
+        diagnostics = {}
+        if self.use_contrastive:
+            strong_emb = out.embeddings[b:]
+            terms["loss_con"], diagnostics = self._contrastive(out_w, strong_emb, crop_boxes, strong_flipped, targets,
+                                                               labeled, generator)
+        terms["loss"] = (terms["loss_sup"] + self.cfg.pseudo_label_weight * terms["loss_pl"]
+                         + self.cfg.contrastive_weight * terms["loss_con"] + zero)
+        return {**terms, **diagnostics}
+
+    def _contrastive(self, out_w: SegOutput, strong_emb: torch.Tensor, crop_boxes: torch.Tensor,
+                     strong_flipped: torch.Tensor, targets: list[dict], labeled: torch.Tensor,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        weak_emb = out_w.embeddings  # (B, D, h, w)
+        b, d, h, w = weak_emb.shape
+        aligned, valid = strong_to_weak(strong_emb, crop_boxes.to(weak_emb.device), strong_flipped.to(weak_emb.device),
+                                        (h, w))  # (B, D, h, w), (B, h, w)
+        anchors_all = weak_emb.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
+        positives_all = aligned.permute(0, 2, 3, 1).reshape(-1, d)
+        keep = valid.reshape(-1).nonzero(as_tuple=True)[0]  # pixels seen in both views
+        if len(keep) == 0:
+            return weak_emb.sum() * 0.0, {}
+        with torch.no_grad():
+            masks = F.interpolate(out_w.mask_logits.detach().float(), size=(h, w), mode="bilinear", align_corners=False)
+            mode = "fusion" if cfg.sampler == "uniform" else cfg.sampler
+            qhat = sampling_embedding(masks, out_w.class_logits.detach(), mode)  # (B, h*w, E)
+            qhat = qhat.reshape(-1, qhat.shape[-1])[keep]  # (P, E)
+        pool, cand_q = positives_all[keep], qhat
+        banked = len(self.bank) if self.bank is not None else 0
+        if banked:
+            pool = torch.cat([pool, self.bank.embeddings.to(pool)])
+            cand_q = torch.cat([qhat, self.bank.qhat.to(qhat)])
+        anchor_rows = torch.arange(len(keep), device=keep.device)
+        if len(keep) > cfg.max_anchors:  # bound the cost: a uniform subset of anchors per step
+            anchor_rows = torch.randperm(len(keep), generator=generator)[:cfg.max_anchors].to(keep.device)
+        if cfg.sampler == "uniform":
+            neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device)
+        else:
+            neg = sample_negatives(qhat[anchor_rows], cfg.num_negatives, cfg.score_power, generator, candidates=cand_q)
+        anchors, positives = anchors_all[keep][anchor_rows], positives_all[keep][anchor_rows]
+        if cfg.loss_form == "hinge":
+            loss = margin_hinge(anchors, positives, pool, neg, cfg.margin)
+        else:
+            loss = info_nce(anchors, positives, pool, neg, cfg.temperature)
+        if self.bank is not None:
+            self.bank.push(positives_all[keep], qhat)
+        return loss, self._diagnostics(weak_emb, keep, anchor_rows, neg, banked, targets, labeled, (h, w))
+
+    @torch.no_grad()
+    def _diagnostics(self, weak_emb: torch.Tensor, keep: torch.Tensor, anchor_rows: torch.Tensor, neg: torch.Tensor,
+                     banked: int, targets: list[dict], labeled: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """False-negative rate and instance margin, measured against ground truth (labeled images only)."""
+        ids = instance_ids(targets, size)  # (B, h, w)
+        ids[~labeled.cpu()] = 0  # pseudo-labels are not ground truth
+        flat = ids.reshape(-1).to(keep.device)
+        # bank entries (after the batch's own pixels) carry no instance id: never counted as same-instance
+        cand_ids = torch.cat([flat[keep], flat.new_full((banked,), -1)])
+        fnr = false_negative_rate(neg, flat[keep][anchor_rows], cand_ids)
+        emb = weak_emb.permute(0, 2, 3, 1).reshape(-1, weak_emb.shape[1])
+        margin = instance_margin(emb, flat)
+        dev = weak_emb.device
+        return {"false_negative_rate": torch.tensor(fnr, device=dev), "instance_margin": torch.tensor(margin, device=dev)}

@@ -1,0 +1,112 @@
+"""The user's main job, end to end: `ray start --head`, then
+`ray job submit --working-dir . -- python jobs/full_pipeline.py --smoke`; its MLflow runs; and a
+re-run of the finished pipeline, which must train nothing again."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baseline")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    # the job's `python` must be this environment's, whether or not the venv is activated
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (RAY_NOTES.md)
+        env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
+@pytest.fixture(scope="module")
+def submitted_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("job") / "run"
+    env = _env()
+    port, dash = _free_port(), _free_port()
+    subprocess.run([BIN / "ray", "start", "--head", f"--port={port}", "--num-cpus=4", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--include-dashboard=true", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=180)
+    try:
+        start = time.perf_counter()
+        job = subprocess.run([BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
+                              "--", "python", "jobs/full_pipeline.py", "--smoke", "--run-dir", str(run_dir)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        seconds = time.perf_counter() - start
+    finally:
+        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    return run_dir, job, seconds
+
+
+def test_job_submit_runs_the_smoke_pipeline(submitted_run):
+    run_dir, job, seconds = submitted_run
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in (job.stdout + job.stderr).lower()
+    report = (run_dir / "report.md").read_text()
+    for row in ("Teacher, before adaptation", "Teacher, adapted", "Student, supervised only", "Student after transfer",
+                "Student after refinement"):
+        assert row in report
+    assert (run_dir / "losses.png").stat().st_size > 10_000
+    assert (run_dir / "student" / "final" / "model.pt").is_file()
+    for stage in ("teacher/finetune", "teacher/selftrain", "student/distill", "student/refine", "student/baseline"):
+        metrics = json.loads((run_dir / stage / "metrics.json").read_text())
+        assert metrics["mask_AP"] is not None and metrics["iterations"] >= 2
+    summary = json.loads((run_dir / "pseudo" / "adapted" / "summary.json").read_text())
+    assert summary["images_labeled"] == 18  # the 75 % unlabeled part of the 24 smoke images
+
+
+def _runs(run_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sskd-ray")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_mlflow_holds_a_parent_and_a_child_per_stage(submitted_run):
+    run_dir, job, _ = submitted_run
+    assert job.returncode == 0
+    client, runs = _runs(run_dir)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = {r.data.tags.get("sskd.stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    for stage in STAGES:
+        assert "mask_AP" in children[stage].data.metrics, stage
+        assert children[stage].data.params["stage.iterations"]
+        assert len(client.get_metric_history(children[stage].info.run_id, "loss")) >= 2  # a curve, not a point
+    assert sum(1 for r in runs if r.data.tags.get("sskd.stage") == "pseudo_label") == 2
+    assert parent.data.params["loss.temperature"] == "0.1"
+    assert "refine.mask_AP" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "losses.png"} <= artifacts
+
+
+def test_rerun_of_a_finished_pipeline_trains_nothing(submitted_run):
+    run_dir, job, _ = submitted_run
+    assert job.returncode == 0
+    checkpoints = sorted(str(p) for p in (run_dir / "ray_train").rglob("checkpoint_*"))
+    _, runs_before = _runs(run_dir)
+    again = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--smoke", "--run-dir", str(run_dir)],
+                           cwd=REPO, env={k: v for k, v in _env().items() if k != "RAY_ADDRESS"},
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in STAGES:
+        assert f"[{stage}] already done" in again.stdout
+    assert "RayTrainWorker" not in again.stdout + again.stderr
+    assert sorted(str(p) for p in (run_dir / "ray_train").rglob("checkpoint_*")) == checkpoints
+    _, runs_after = _runs(run_dir)
+    assert len(runs_after) == len(runs_before)  # the parent was reopened, no new child runs
