@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/contrastive_memory.py
+	$(PY) bench/efficiency.py --presets builtin
 	$(PY) bench/pseudo_label_throughput.py --images 480 --per-shard 16
 
 clean:

@@ -26,7 +26,8 @@ def _draw_losses(ax, history: list[dict], title: str) -> None:
     for key in TERMS:
         xs, ys = _series(history, key)
         if ys and any(y != 0 for y in ys):
-            ax.plot(xs, ys, label=key.replace("loss_", "L_").replace("loss", "total"), color=COLOURS[key], lw=1.5)
+            ax.plot(xs, ys, label=key.replace("loss_", "L_").replace("loss", "total"), color=COLOURS[key],
+                    lw=1.2 if key == "loss" else 1.6, ls="--" if key == "loss" else "-", zorder=3 if key == "loss" else 2)
             drawn = True
     for row in history:
         if row.get("event") == "resumed":
@@ -46,9 +47,15 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     _draw_losses(left, history, f"{title}: training losses")
     xs, ys = _series(history, "mask_AP")
     right.plot(xs, ys, "o-", color="#4c72b0", label="mask AP")
-    xs, ys = _series(history, "mask_AP50")
-    right.plot(xs, ys, "s--", color="#8172b3", label="mask AP50")
-    right.set_title(f"{title}: val", fontsize=10)
+    xs50, ys50 = _series(history, "mask_AP50")
+    right.plot(xs50, ys50, "s--", color="#8172b3", label="mask AP50")
+    last = max([r["iteration"] for r in history] or [1])
+    right.set_xlim(0, last * 1.05)
+    right.set_ylim(0, max(ys50 + ys + [1.0]) * 1.25)
+    if len(xs) == 1:  # evaluated only at the end: say the numbers rather than draw a lone point
+        right.annotate(f"AP {ys[0]:.1f} / AP50 {ys50[0]:.1f}", (xs[0], ys50[0]), textcoords="offset points",
+                       xytext=(-10, 8), ha="right", fontsize=9)
+    right.set_title(f"{title}: val mask AP", fontsize=10)
     right.set_xlabel("iteration")
     right.set_ylabel("AP (%)")
     right.grid(alpha=0.3)

@@ -65,7 +65,9 @@ class MaskDecoder(nn.Module):
         if self.masked_attention and next_size is not None:
             small = F.interpolate(mask_logits.detach(), size=next_size, mode="bilinear", align_corners=False)
             attn_mask = small.flatten(2).sigmoid() < 0.5  # True = not allowed to attend
-            attn_mask[attn_mask.all(-1)] = False  # a query with an empty mask attends everywhere
+            # a query with an empty mask attends everywhere (written with & rather than an indexed
+            # assignment, which exports to an ONNX Where on booleans that onnxruntime lacks)
+            attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
             attn_mask = attn_mask.repeat_interleave(self.num_heads, dim=0)  # (B*heads, Q, h*w)
         return class_logits, mask_logits, attn_mask
 

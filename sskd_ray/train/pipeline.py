@@ -247,6 +247,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, only: str | None = None) -> d
         uri, parent_id = run.uri, run.parent_id
         tracking.log_metrics(uri, parent_id, {f"{name}.{k}": v for name, m in results.items()
                                               for k, v in m.items() if k in ("mask_AP", "mask_AP50")})
-        tracking.log_artifacts(uri, parent_id, [report, run.run_dir / "losses.png", final / "teacher.json"])
+        figures = [run.run_dir / name for name in ("losses.png", "predictions.png")]  # stages log their own
+        tracking.log_artifacts(uri, parent_id, [report, final / "teacher.json", *figures])
         tracking.log_artifacts(uri, parent_id, [final / "model.pt"], artifact_path="student")
     return results

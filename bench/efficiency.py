@@ -1,0 +1,56 @@
+"""Student vs teacher efficiency (parameters, FLOPs, latency), written to docs/benchmarks.md.
+
+    python bench/efficiency.py [--presets builtin full] [--runs 3] [--device cpu|cuda]
+
+`full` is the paper's pair with random weights (no download; the teacher needs ~8 GB RAM and
+minutes on CPU); `builtin` is the demo's EfficientNet-Lite pair at the demo's sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import write_section  # noqa: E402
+
+from sskd_ray.config import load_config  # noqa: E402
+from sskd_ray.data.builtin import CLASS_NAMES  # noqa: E402
+from sskd_ray.eval.efficiency import efficiency_report, preset_model_config  # noqa: E402
+from sskd_ray.models.build import build_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["builtin"], choices=["builtin", "full"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    demo = load_config(REPO / "configs" / "default.yaml")
+    rows = []
+    for preset in args.presets:
+        for role in ("student", "teacher"):
+            cfg = getattr(demo, role) if preset == "builtin" else preset_model_config(role, preset)
+            model = build_model(cfg, list(CLASS_NAMES)).to(args.device)
+            with torch.no_grad():
+                r = efficiency_report(model, (cfg.image_size, cfg.image_size), runs=args.runs)
+            rows.append((preset, role, cfg, r))
+            print(preset, role, r)
+    lines = [f"Command: `python bench/efficiency.py --presets {' '.join(args.presets)} --runs {args.runs}` "
+             f"({args.device}, {torch.get_num_threads()} threads, {platform.machine()}; batch 1, median of "
+             f"{args.runs} runs after one warm-up).", "",
+             "| preset | model | input | parameters | GFLOPs | latency |", "|---|---|---|---:|---:|---:|"]
+    for preset, role, cfg, r in rows:
+        name = f"{role}: {cfg.kind if cfg.kind != 'maskformer' else cfg.encoder + ' + ' + cfg.neck}"
+        lines.append(f"| {preset} | {name} | {cfg.image_size} px | {r['params']:,} | {r['flops'] / 1e9:.2f} | "
+                     f"{r['latency_ms']:.0f} ms |")
+    write_section("efficiency_bench", "## Efficiency: student vs teacher\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Predict with a trained model: COCO results json and PNG overlays.
+
+    python jobs/predict.py --checkpoint <run_dir>/student/final --images <dir | glob | COCO json> --out DIR
+                           [--threshold 0.3] [--batch-size 8]
+
+DIR gets predictions.json (COCO results), overlays/*.png, errors.json and summary.json; with a
+COCO json that has annotations, the mask AP against them is printed. More than 256 images run on
+Ray Data (the labeling pipeline's actors, resumable).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sskd_ray.deploy.predict import predict
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-overlays", type=int, default=50)
+    args = parser.parse_args()
+    summary = predict(args.checkpoint, args.images, args.out, args.batch_size, args.threshold,
+                      max_overlays=args.max_overlays)
+    print(json.dumps(summary))
+    if args.images.endswith(".json") and json.loads(Path(args.images).read_text()).get("annotations"):
+        from sskd_ray.eval import evaluate_masks
+
+        metrics = evaluate_masks(args.images, json.loads(Path(summary["results"]).read_text()))
+        print(f"mask AP {metrics['mask_AP']:.1f}, AP50 {metrics['mask_AP50']:.1f} against {args.images}")
+
+
+if __name__ == "__main__":
+    main()

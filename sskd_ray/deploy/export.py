@@ -1,0 +1,157 @@
+"""A trained model folder (`model.pt` + `teacher.json`, e.g. `<run_dir>/student/final`) -> TorchScript
+and ONNX files with a parity check and a model card.
+
+The deployed graph takes images in [0, 1], (B, 3, H, W), and returns (mask_logits (B, N, H/4, W/4),
+class_logits (B, N, C + 1)); normalisation happens inside, post-processing (`instances_from_output`)
+stays in Python so thresholds can change without re-exporting.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sskd_ray.config import ModelConfig
+from sskd_ray.models.build import build_model
+
+OPSET = 18
+
+
+class DeployModel(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out.mask_logits, out.class_logits
+
+
+def load_trained(folder: str | Path) -> tuple[nn.Module, dict]:
+    """-> (model in eval mode, its card: {"model": ModelConfig fields, "class_names", "category_ids"})."""
+    folder = Path(folder)
+    for name in ("model.pt", "teacher.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}: pass a stage's final/ folder, e.g. <run_dir>/student/final")
+    card = json.loads((folder / "teacher.json").read_text())
+    known = {f.name for f in fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in card["model"].items() if k in known})
+    model = build_model(cfg, card["class_names"])
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval(), card
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    with torch.no_grad():
+        traced = torch.jit.trace(DeployModel(model).eval(), example, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[Path, list[str]]:
+    """ONNX with a dynamic batch axis (the image size is fixed: the position encodings and the
+    decoder's attention masks are traced at the export size). Returns the path and the dynamic axes."""
+    torch.onnx.export(DeployModel(model).eval(), (example,), str(path), opset_version=OPSET, dynamo=False,
+                      input_names=["images"], output_names=["mask_logits", "class_logits"],
+                      dynamic_axes={"images": {0: "batch"}, "mask_logits": {0: "batch"}, "class_logits": {0: "batch"}})
+    return path, ["batch"]
+
+
+def _max_diff(a: torch.Tensor, b) -> float:
+    return float((a - torch.as_tensor(b)).abs().max())
+
+
+def check_parity(model: nn.Module, torchscript: Path, onnx: Path, images: torch.Tensor, atol: float = 1e-3) -> dict:
+    """Max |exported - eager| per output on `images` (a batch size other than the export's, so the
+    dynamic batch axis is exercised). onnxruntime is optional: when it cannot load, says why."""
+    with torch.no_grad():
+        eager = DeployModel(model).eval()(images)
+        scripted = torch.jit.load(str(torchscript))(images)
+    report = {"batch": images.shape[0], "atol": atol,
+              "torchscript": {n: _max_diff(e, s) for n, e, s in zip(("mask_logits", "class_logits"), eager, scripted)}}
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        report["onnx"] = {"skipped": f"onnxruntime not importable: {err}"}
+    else:
+        outs = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
+        report["onnx"] = {n: _max_diff(e, o) for n, e, o in zip(("mask_logits", "class_logits"), eager, outs)}
+    report["ok"] = all(v <= atol for fmt in ("torchscript", "onnx") for v in report[fmt].values()
+                       if isinstance(v, float))
+    return report
+
+
+def _latencies(model: nn.Module, torchscript: Path, onnx: Path, size: int, runs: int = 5) -> dict:
+    from sskd_ray.eval.efficiency import measure_latency
+
+    x = torch.rand(1, 3, size, size)
+    out = {"eager_ms": measure_latency(model, x, runs=runs),
+           "torchscript_ms": measure_latency(torch.jit.load(str(torchscript)), x, runs=runs)}
+    try:
+        import time
+
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        session.run(None, {"images": x.numpy()})
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, {"images": x.numpy()})
+            times.append((time.perf_counter() - start) * 1000)
+        out["onnxruntime_ms"] = sorted(times)[len(times) // 2]
+    except ImportError:
+        pass
+    return out
+
+
+def write_model_card(out: Path, card: dict) -> Path:
+    m, eff = card["model"], card["efficiency"]
+    metrics = card.get("metrics") or {}
+    lines = [f"# Model card: sskd-ray student ({m['encoder']} + {m['neck']} + mask decoder)", "",
+             "| | |", "|---|---|",
+             f"| classes ({len(card['class_names'])}) | {', '.join(card['class_names'])} |",
+             f"| category ids | {card['category_ids']} |",
+             f"| input | RGB float (B, 3, {m['image_size']}, {m['image_size']}) in [0, 1]; batch dynamic, size fixed |",
+             f"| normalisation | inside the model: {card['normalisation']} |",
+             "| outputs | mask_logits (B, N, H/4, W/4), class_logits (B, N, C+1; last = no object) |",
+             f"| queries N | {m['num_queries']} |",
+             f"| val mask AP / AP50 | {metrics.get('mask_AP', '-')} / {metrics.get('mask_AP50', '-')} |",
+             f"| parameters | {eff['params']:,} |",
+             f"| FLOPs (one image) | {eff['flops'] / 1e9:.2f} G |",
+             *[f"| latency, {k.replace('_ms', '')} (batch 1, CPU) | {v:.1f} ms |" for k, v in eff["latency"].items()],
+             f"| files | student.pt (TorchScript), student.onnx (opset {OPSET}) |", "",
+             "Post-processing: `sskd_ray.models.postprocess.instances_from_output` (Mask2Former-style: top-k "
+             "(query, class) pairs, masks at logit 0, score = class prob x mask quality).", ""]
+    path = out / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    return path
+
+
+def export_model(folder: str | Path, out: str | Path, batch: int = 2) -> dict:
+    """Export, check parity, measure, write the card. Returns the card (parity included)."""
+    from sskd_ray.eval.efficiency import count_flops
+    from sskd_ray.models.maskformer import count_parameters
+
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, card = load_trained(folder)
+    size = card["model"]["image_size"]
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(batch, 3, size, size, generator=generator)
+    ts = export_torchscript(model, example, out / "student.pt")
+    onnx, dynamic = export_onnx(model, example, out / "student.onnx")
+    parity = check_parity(model, ts, onnx, torch.rand(batch + 1, 3, size, size, generator=generator))
+    mean, std = getattr(getattr(model, "encoder", None), "norm", (None, None))
+    metrics_path = folder / "metrics.json"
+    card = {**card, "parity": parity, "dynamic_axes": dynamic,
+            "normalisation": f"(x - {list(mean)}) / {list(std)}" if mean is not None else "model-specific",
+            "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
+            "efficiency": {"params": count_parameters(model), "flops": count_flops(model, example[:1]),
+                           "latency": _latencies(model, ts, onnx, size)}}
+    write_model_card(out, card)
+    return card
