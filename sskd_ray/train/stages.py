@@ -2,6 +2,7 @@
 
     <folder>/final/model.pt       the trained weights (state dict)
     <folder>/final/teacher.json   how to rebuild the model (what `jobs/pseudo_label.py --teacher` reads)
+    <folder>/final/metrics.json   a copy of the stage's metrics, for the model card
     <folder>/metrics.json         mask AP / AP50 on the val split, iterations, wall time, skipped images
     <folder>/history.json         loss terms, lr, diagnostics and periodic AP over iterations
     <folder>/losses.png           the same as curves
@@ -65,6 +66,36 @@ def write_model_card(folder: Path, model: ModelConfig, class_names: list[str], c
                                                      "category_ids": category_ids}, indent=2))
 
 
+def check_shared_storage(storage: str) -> None:
+    """On a cluster of several nodes, Ray Train's storage must be visible from every node: write a
+    marker here and look for it from a task pinned to each node. URIs (s3://, gs://) pass as is."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if "://" in storage or len(nodes) <= 1:
+        return
+    marker = Path(storage) / f".shared-check-{uuid.uuid4().hex}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("sskd-ray\n")
+
+    @ray.remote(num_cpus=0)
+    def visible(path: str) -> bool:
+        return Path(path).exists()
+
+    try:
+        seen = ray.get([visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in nodes])
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise RuntimeError(f"storage path {storage} is not visible from node(s) {blind}: on a multi-node cluster "
+                           f"use a shared file system (EFS/NFS mounted on every node) or an s3:// / gs:// URI")
+
+
 def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -73,6 +104,7 @@ def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
     if os.environ.get(FAULT_ENV):  # fault injection for tests reaches the workers through their env
         env[FAULT_ENV] = os.environ[FAULT_ENV]
     storage = spec.storage or str((Path(spec.folder).parent.parent / "ray_train").resolve())
+    check_shared_storage(storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec.loop_config(uri, run_id),
@@ -120,6 +152,7 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
         metrics.update({"stage": spec.name, "wall_seconds": round(time.perf_counter() - start, 1),
                         "resumes": sum(1 for row in history if row.get("event") == "resumed")})
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2))  # travels with the weights (model card)
         (folder / HISTORY_FILE).write_text(json.dumps(history))
         plot = plot_history(history, folder / "losses.png", title=spec.name)
         tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k.startswith("mask_")},
