@@ -182,3 +182,23 @@ def test_two_workers_ddp_on_gloo(smoke_run, local_ray, tmp_path):
     model = build_model(spec.model, list(CLASS_NAMES))
     model.load_state_dict(state)  # saved unwrapped: loads into a plain model
     assert all(np.isfinite(v.float().numpy()).all() for v in state.values())
+
+
+def test_objective_trains_the_vfm_teacher_through_its_own_losses(smoke_run):
+    """The Grounding-DINO + SAM2 teacher (tiny config) goes through the same objective: its
+    supervised term is its adaptation loss, and the contrastive term uses its SAM2-feature head."""
+    from sskd_ray.config import ModelConfig
+
+    _, _, data = smoke_run
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(kind="gdino_sam2", preset="tiny", num_queries=4, embed_dim=8, image_size=64),
+                          list(CLASS_NAMES))
+    batch = _objective_inputs(data, size=64)
+    terms = Objective(teacher, LossConfig(num_negatives=8, max_anchors=64), use_pseudo_labels=True,
+                      use_contrastive=True)(batch.weak, batch.strong, batch.crop_boxes, batch.strong_flipped,
+                                            batch.targets, batch.labeled, (1.0, 1.0), torch.Generator().manual_seed(0))
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    assert values["loss_sup"] > 0 and values["loss_pl"] > 0 and values["loss_con"] > 0
+    terms["loss"].backward()
+    assert teacher.embed_head[0].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.detector.parameters())
