@@ -94,3 +94,21 @@ def test_sweep_table_and_mlflow_runs(resumed_sweep):
     trial_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep[0].info.run_id]
     assert len({r.data.tags["sskd.trial"] for r in trial_runs}) == 2
     assert all("mask_AP" in r.data.metrics for r in trial_runs)
+
+
+def test_local_concurrency_counts_real_cores():
+    """A local Ray advertises >= 4 logical CPUs on this 2-core machine; trials are sized by the real
+    cores (2 trials of 2-CPU workers on 2 cores starved each other past Ray Train's start timeout)."""
+    import ray
+
+    from sskd_ray.tune.sweep import max_concurrent_trials
+
+    ray.init(num_cpus=16, include_dashboard=False)
+    try:
+        cores = os.cpu_count()
+        demo = load_config(DEFAULT)  # 1 worker x 2 CPUs
+        smoke = load_config(DEFAULT + [str(REPO / "configs" / "smoke.yaml")])  # 1 worker x 1 CPU
+        assert max_concurrent_trials(demo, ["distill"]) == max(1, min(16, cores) // 2)
+        assert max_concurrent_trials(smoke, ["distill"]) == max(1, min(16, cores))
+    finally:
+        ray.shutdown()

@@ -87,7 +87,13 @@ def max_concurrent_trials(cfg: Config, stages: list[str]) -> int:
     widest = max((getattr(cfg.stages, s) for s in stages), key=lambda st: st.num_workers * st.cpus_per_worker)
     if widest.use_gpu:
         return max(1, int(res.get("GPU", 0) // widest.num_workers))
-    return max(1, int(res.get("CPU", 1) // (widest.num_workers * widest.cpus_per_worker)))
+    cpus = res.get("CPU", 1)
+    if len(ray.nodes()) == 1:  # a local Ray counts logical CPUs (init_ray asks for >= 4): use the real cores
+        import os
+
+        cpus = min(cpus, os.cpu_count() or 1)
+    # (two trials on 2 cores starved each other: a worker group missed Ray Train's 60 s start timeout)
+    return max(1, int(cpus // (widest.num_workers * widest.cpus_per_worker)))
 
 
 def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: str | Path,
