@@ -282,7 +282,8 @@ def config_from_dict(values: dict) -> Config:
 
 
 def flatten_config(cfg: Any) -> dict[str, Any]:
-    """{"loss.temperature": 0.1, ...}: the flat form MLflow params and sweep overrides use."""
+    """{"loss.temperature": 0.1, ...}: the flat form MLflow params and sweep overrides use.
+    `cfg` is a config dataclass or its dict form (e.g. a saved config.yaml)."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -293,7 +294,7 @@ def flatten_config(cfg: Any) -> dict[str, Any]:
             else:
                 out[full] = value
 
-    walk(config_to_dict(cfg), "")
+    walk(cfg if isinstance(cfg, dict) else config_to_dict(cfg), "")
     return out
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from sskd_ray.models.build import build_model, tiny_model_config
 from sskd_ray.models.freeze import param_groups
 from sskd_ray.train.data import build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
-from sskd_ray.train.stages import write_model_card
+from sskd_ray.train.stages import write_model_spec
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def trained_student(builtin_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("student") / "final"
     folder.mkdir()
     torch.save(model.state_dict(), folder / "model.pt")
-    write_model_card(folder, cfg, list(CLASS_NAMES), list(range(1, 11)))
+    write_model_spec(folder, cfg, list(CLASS_NAMES), list(range(1, 11)))
     (folder / "metrics.json").write_text(json.dumps({"mask_AP": 1.5, "mask_AP50": 4.0}))
     return folder
 

@@ -1,6 +1,5 @@
 """Ray Data pseudo-labeling on a local 2-CPU Ray with a tiny random-weight teacher."""
 import dataclasses
-import io
 import json
 import shutil
 

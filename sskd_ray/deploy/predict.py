@@ -52,7 +52,7 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], class_names: list
 
 
 @torch.no_grad()
-def _predict_loop(model, card: dict, images: list[dict], batch_size: int, threshold: float, top_k: int):
+def predict_arrays(model, card: dict, images: list[dict], batch_size: int, threshold: float, top_k: int):
     """-> ([(image, array, instances)], [{"path", "reason"}] for images that could not be read)."""
     size = card["model"]["image_size"]
     decoded, errors = [], []
@@ -85,7 +85,7 @@ def predict(folder: str | Path, images: str, out: str | Path, batch_size: int = 
         return _predict_with_ray(folder, listing, out, batch_size, threshold, top_k)
     model, card = load_trained(folder)
     results, overlays = [], []
-    done, errors = _predict_loop(model, card, listing, batch_size, threshold, top_k)
+    done, errors = predict_arrays(model, card, listing, batch_size, threshold, top_k)
     for im, array, insts in done:
         results += instances_to_coco(insts, im["image_id"], card["category_ids"])
         if len(overlays) < max_overlays:

@@ -57,7 +57,7 @@ def prediction_grid(val_json: str, models: dict[str, Path], path: Path, count: i
 
     from sskd_ray.data.coco import load_coco
     from sskd_ray.deploy.export import load_trained
-    from sskd_ray.deploy.predict import _predict_loop, draw_overlay
+    from sskd_ray.deploy.predict import predict_arrays, draw_overlay
     from sskd_ray.models.postprocess import Instance
 
     val = load_coco(val_json, check_files=False)
@@ -75,7 +75,7 @@ def prediction_grid(val_json: str, models: dict[str, Path], path: Path, count: i
             continue
         model, card = load_trained(folder)
         with torch.no_grad():
-            done, _ = _predict_loop(model, card, [{k: v for k, v in im.items() if k != "_im"} for im in images], 8, 0.3, 20)
+            done, _ = predict_arrays(model, card, [{k: v for k, v in im.items() if k != "_im"} for im in images], 8, 0.3, 20)
         columns[name] = [draw_overlay(array, insts, card["class_names"]) for _, array, insts in done]
     fig, axes = plt.subplots(len(images), len(columns), figsize=(3.2 * len(columns), 3.2 * len(images)), dpi=110,
                              squeeze=False)

@@ -85,19 +85,11 @@ def _check_same_config(cfg: Config, run_dir: Path) -> None:
     import yaml
 
     old = yaml.safe_load(saved.read_text())
-    old_flat, new_flat = _flat(old), flatten_config(cfg)
+    old_flat, new_flat = flatten_config(old), flatten_config(cfg)
     differ = sorted(k for k, v in new_flat.items() if old_flat.get(k) != v and not k.startswith(("tracking.", "run_dir")))
     if differ:
         raise ConfigError(f"{run_dir} holds a run made with another config (differs in {', '.join(differ[:6])}); "
                           f"use a new --run-dir, or the same config to resume")
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in values.items():
-        key = f"{prefix}.{k}" if prefix else k
-        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
-    return out
 
 
 def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: str = "") -> dict:

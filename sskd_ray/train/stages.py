@@ -58,7 +58,8 @@ def read_metrics(folder: Path) -> dict:
     return json.loads((Path(folder) / METRICS_FILE).read_text())
 
 
-def write_model_card(folder: Path, model: ModelConfig, class_names: list[str], category_ids: list[int]) -> None:
+def write_model_spec(folder: Path, model: ModelConfig, class_names: list[str], category_ids: list[int]) -> None:
+    """teacher.json: how to rebuild the model from model.pt (read by labeling, export and predict)."""
     spec = dataclasses.asdict(model)
     if model.kind == "maskformer":  # the weights come from model.pt: skip loading the pretrained ones first
         spec["pretrained"] = ""
@@ -148,7 +149,7 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
             shutil.copy(Path(ckpt) / MODEL_FILE, final / MODEL_FILE)
             history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
             metrics = json.loads((Path(ckpt) / METRICS_FILE).read_text())
-        write_model_card(final, spec.model, spec.class_names, spec.category_ids)
+        write_model_spec(final, spec.model, spec.class_names, spec.category_ids)
         metrics.update({"stage": spec.name, "wall_seconds": round(time.perf_counter() - start, 1),
                         "resumes": sum(1 for row in history if row.get("event") == "resumed")})
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

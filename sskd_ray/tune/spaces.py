@@ -53,7 +53,7 @@ class SweepSpace:
     search: dict = field(default_factory=dict)
 
 
-def _as_overrides(values: dict) -> list[str]:
+def as_overrides(values: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]
 
 
@@ -77,12 +77,12 @@ def load_space(path: str | Path, base_files: list | None = None) -> SweepSpace:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: factors.{key} must be a non-empty list of values")
         for v in values:  # every value must be a valid setting of that key
-            load_config(base_files or [], _as_overrides({**space.overrides, key: v}))
+            load_config(base_files or [], as_overrides({**space.overrides, key: v}))
     for key, dist in space.search.get("space", {}).items():
         if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in ("loguniform", "uniform", "choice"):
             raise ConfigError(f"{path}: search.space.{key} must be {{loguniform|uniform|choice: [...]}}")
-        load_config(base_files or [], _as_overrides({**space.overrides, key: _draw(dist, np.random.default_rng(0))}))
-    load_config(base_files or [], _as_overrides(space.overrides))
+        load_config(base_files or [], as_overrides({**space.overrides, key: _draw(dist, np.random.default_rng(0))}))
+    load_config(base_files or [], as_overrides(space.overrides))
     return space
 
 

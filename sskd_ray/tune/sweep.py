@@ -20,12 +20,12 @@ from sskd_ray import tracking
 from sskd_ray.config import Config, flatten_config, load_config
 from sskd_ray.train.pipeline import PipelineRun, open_run, pseudo_label
 from sskd_ray.train.stages import run_stage
-from sskd_ray.tune.spaces import Trial, expand_trials, load_space, _as_overrides
+from sskd_ray.tune.spaces import Trial, as_overrides, expand_trials, load_space
 from sskd_ray.tune.table import write_tables
 
 
 def _trial_config(files: list[str], overrides: list[str], trial: dict) -> Config:
-    return load_config(files, list(overrides) + _as_overrides(trial["overrides"]))
+    return load_config(files, list(overrides) + as_overrides(trial["overrides"]))
 
 
 def run_trial_stages(base: PipelineRun, cfg: Config, trial: dict, stages: list[str], sweep_dir: Path,
