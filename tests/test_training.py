@@ -202,3 +202,23 @@ def test_objective_trains_the_vfm_teacher_through_its_own_losses(smoke_run):
     terms["loss"].backward()
     assert teacher.embed_head[0].weight.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.detector.parameters())
+
+
+def test_vfm_teacher_without_contrastive_trains_from_one_pass(smoke_run, monkeypatch):
+    """Fine-tuning the VFM teacher (no L_con) needs only its adaptation loss: the fused forward,
+    which only feeds L_con, is not run (it would double the cost of the most expensive model)."""
+    from sskd_ray.config import ModelConfig
+
+    _, _, data = smoke_run
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(kind="gdino_sam2", preset="tiny", num_queries=4, embed_dim=8, image_size=64),
+                          list(CLASS_NAMES))
+    calls = []
+    monkeypatch.setattr(type(teacher), "forward", lambda self, images: calls.append(1))
+    batch = _objective_inputs(data, size=64)
+    terms = Objective(teacher, LossConfig(), use_pseudo_labels=False, use_contrastive=False)(
+        batch.weak, batch.strong, batch.crop_boxes, batch.strong_flipped, batch.targets, batch.labeled, (1.0, 1.0))
+    loss, sup = float(terms["loss"].detach()), float(terms["loss_sup"].detach())
+    assert calls == [] and sup > 0 and loss == pytest.approx(sup)
+    terms["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.detector.parameters())

@@ -52,7 +52,8 @@ class Objective(nn.Module):
                             oversample_ratio=loss.oversample_ratio, importance_ratio=loss.importance_ratio)
         self.bank = MemoryBank(loss.memory_bank_size) if loss.negative_scope == "memory_bank" else None
 
-    def _supervised(self, images: torch.Tensor, out: SegOutput, targets: list[dict], num_masks: float) -> torch.Tensor:
+    def _supervised(self, images: torch.Tensor, out: SegOutput | None, targets: list[dict],
+                    num_masks: float) -> torch.Tensor:
         if hasattr(self.model, "adaptation_loss"):  # the VFM teacher trains with its own heads' losses
             return sum(self.model.adaptation_loss(images, targets).values())
         return set_loss(out, targets, num_masks, **self.weights)["loss"]
@@ -61,20 +62,25 @@ class Objective(nn.Module):
                 targets: list[dict], labeled: torch.Tensor, num_masks: tuple[float, float],
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         b = weak.shape[0]
-        images = torch.cat([weak, strong]) if self.use_contrastive else weak
-        out = self.model(images)
-        out_w = select(out, torch.arange(b, device=weak.device)) if self.use_contrastive else out
-        # 0 * every output: each head stays in the graph even when its term is off (DDP wants all used)
-        zero = (out.mask_logits.sum() + out.class_logits.sum() + out.embeddings.sum()) * 0.0
+        own_loss = hasattr(self.model, "adaptation_loss")  # the VFM teacher: its own heads' losses
+        out = out_w = None
+        if self.use_contrastive or not own_loss:  # the VFM teacher's forward only feeds L_con
+            images = torch.cat([weak, strong]) if self.use_contrastive else weak
+            out = self.model(images)
+            out_w = select(out, torch.arange(b, device=weak.device)) if self.use_contrastive else out
+        # 0 * every output: each term is a tensor in the graph, and a head whose term is off gets a
+        # zero gradient rather than none (DDP also runs with find_unused_parameters, see loop.py)
+        zero = (out.mask_logits.sum() + out.class_logits.sum() + out.embeddings.sum()) * 0.0 if out is not None \
+            else weak.new_zeros(())
         terms = {"loss_sup": zero, "loss_pl": zero, "loss_con": zero}
         lab = labeled.nonzero(as_tuple=True)[0].to(weak.device)
         if len(lab):
-            terms["loss_sup"] = self._supervised(weak[lab], select(out_w, lab), [targets[i] for i in lab.tolist()],
-                                                 num_masks[0])
+            terms["loss_sup"] = self._supervised(weak[lab], select(out_w, lab) if out_w is not None else None,
+                                                 [targets[i] for i in lab.tolist()], num_masks[0])
         pl = (~labeled).nonzero(as_tuple=True)[0].to(weak.device)
         if self.use_pseudo_labels and len(pl):
-            terms["loss_pl"] = self._supervised(weak[pl], select(out_w, pl), [targets[i] for i in pl.tolist()],
-                                                num_masks[1])
+            terms["loss_pl"] = self._supervised(weak[pl], select(out_w, pl) if out_w is not None else None,
+                                                [targets[i] for i in pl.tolist()], num_masks[1])
         diagnostics = {}
         if self.use_contrastive:
             strong_emb = out.embeddings[b:]

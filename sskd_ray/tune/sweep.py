@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sskd_ray import tracking
 from sskd_ray.config import Config, flatten_config, load_config
-from sskd_ray.train.pipeline import PipelineRun, open_run, pseudo_label
+from sskd_ray.train.pipeline import PipelineData, PipelineRun, open_run, pseudo_label, stage_specs
 from sskd_ray.train.stages import run_stage
 from sskd_ray.tune.spaces import Trial, as_overrides, expand_trials, load_space
 from sskd_ray.tune.table import write_tables
@@ -31,8 +31,6 @@ def _trial_config(files: list[str], overrides: list[str], trial: dict) -> Config
 def run_trial_stages(base: PipelineRun, cfg: Config, trial: dict, stages: list[str], sweep_dir: Path,
                      parent_id: str, callbacks: list | None = None) -> dict:
     """Run the trial's stages (chained when two), each through the pipeline's stage runner."""
-    from sskd_ray.train.pipeline import stage_specs
-
     folder = sweep_dir / "trials" / trial["key"]
     specs = stage_specs(cfg, base.data, base.run_dir)  # inputs (pseudo-labels) come from the base run
     results = {}
@@ -73,8 +71,6 @@ def _trainable(files: list[str], overrides: list[str], stages: list[str], sweep_
 
 def _base_run(cfg: Config, base_dir: Path, uri: str) -> PipelineRun:
     """The base run's data and specs, without reopening MLflow (inside trials)."""
-    from sskd_ray.train.pipeline import PipelineData, stage_specs
-
     data = PipelineData(**json.loads((base_dir / "splits" / "data.json").read_text()))
     return PipelineRun(cfg, base_dir, data, stage_specs(cfg, data, base_dir), uri, "")
 
