@@ -41,7 +41,7 @@ def main() -> None:
     from sskd_ray.label.sources import list_images, plan_shards
 
     tmp = Path(tempfile.mkdtemp(prefix="plbench-"))
-    data = build_builtin_dataset(tmp / "data", num_train=args.images, num_val=1)
+    data = Path(build_builtin_dataset(tmp / "data", num_train=args.images, num_val=1))
     images = list_images(str(data / "train.json"))
     spec, teacher_id, size = resolve_teacher(Config(), "builtin", args.smoke)
     cfg = LabelConfig(images_per_shard=args.per_shard, batch_size=8, torch_threads=1, score_threshold=0.3)

@@ -9,9 +9,8 @@ per line, as Guided Distillation's lists) go to <out dir>/splits/; point `data.s
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from sskd_ray import storage
 from sskd_ray.data.convert.ade20k import convert_ade20k
 from sskd_ray.data.convert.cityscapes import convert_cityscapes
 from sskd_ray.data.splits import split_by_fraction, write_split_file
@@ -33,10 +32,11 @@ def main() -> None:
     for item in summary["skipped"][:10]:
         print(f"  skipped {item['file']}: {item['reason']}")
     if args.split in ("train", "training"):
-        images = json.loads(Path(args.out).read_text())["images"]
+        images = storage.read_json(args.out)["images"]
         for fraction in FRACTIONS:
             labeled, _ = split_by_fraction([im["id"] for im in images], fraction, args.seed)
-            path = write_split_file(Path(args.out).parent / "splits" / f"perc_{round(fraction * 100)}.txt", images, labeled)
+            path = write_split_file(storage.join(storage.parent(args.out), "splits", f"perc_{round(fraction * 100)}.txt"),
+                                    images, labeled)
             print(f"  {path}: {len(labeled)} labeled images")
 
 

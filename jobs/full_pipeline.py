@@ -6,7 +6,9 @@ With no arguments: the built-in benchmark on CPU with a local Ray (configs/defau
 `ray job submit` it joins the cluster. Re-running with the same --run-dir resumes: finished stages
 are skipped, an interrupted one continues from its checkpoint. `--stage` runs one stage alone
 (teacher_finetune, teacher_selftrain, distill, refine, baseline) when its inputs are in the run dir.
-Results: <run_dir>/report.md, <run_dir>/student/final/, MLflow in <run_dir>/mlflow.db.
+Results: <run_dir>/report.md, <run_dir>/student/final/, MLflow in <run_dir>/mlflow.db. The run
+directory may be a URI (s3://bucket/runs/x, gs://...): then set tracking.uri (or MLFLOW_TRACKING_URI)
+to an MLflow server, since the default sqlite file cannot live in object storage.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
+from sskd_ray import storage
 from sskd_ray.config import load_config
 from sskd_ray.ray_setup import init_ray
 from sskd_ray.train.pipeline import run_pipeline
@@ -25,18 +28,18 @@ STAGES = ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baselin
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
-    parser.add_argument("--run-dir", default="", help="default: runs/<timestamp>/")
+    parser.add_argument("--run-dir", default="", help="a folder or s3:// / gs:// URI; default: runs/<timestamp>/")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data, a few iterations (tests)")
     parser.add_argument("--stage", choices=STAGES, help="run this stage alone")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.temperature=0.2")
     args = parser.parse_args()
     files = [args.config] + ([str(REPO / "configs" / "smoke.yaml")] if args.smoke else [])
     cfg = load_config(files, args.overrides)
-    run_dir = Path(args.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = storage.normalize(args.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     init_ray()
     start = time.perf_counter()
     run_pipeline(cfg, run_dir, only=args.stage)
-    print(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir.resolve()}")
+    print(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python jobs/predict.py --checkpoint <run_dir>/student/final --images <dir | glob | COCO json> --out DIR
                            [--threshold 0.3] [--batch-size 8]
 
-DIR gets predictions.json (COCO results), overlays/*.png, errors.json and summary.json; with a
+Each of the three may be a local path or a URI (s3://, gs://). DIR gets predictions.json (COCO results), overlays/*.png, errors.json and summary.json; with a
 COCO json that has annotations, the mask AP against them is printed. More than 256 images run on
 Ray Data (the labeling pipeline's actors, resumable).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from sskd_ray import storage
 from sskd_ray.deploy.predict import predict
 
 
@@ -28,10 +28,10 @@ def main() -> None:
     summary = predict(args.checkpoint, args.images, args.out, args.batch_size, args.threshold,
                       max_overlays=args.max_overlays)
     print(json.dumps(summary))
-    if args.images.endswith(".json") and json.loads(Path(args.images).read_text()).get("annotations"):
+    if args.images.endswith(".json") and storage.read_json(args.images).get("annotations"):
         from sskd_ray.eval import evaluate_masks
 
-        metrics = evaluate_masks(args.images, json.loads(Path(summary["results"]).read_text()))
+        metrics = evaluate_masks(args.images, storage.read_json(summary["results"]))
         print(f"mask AP {metrics['mask_AP']:.1f}, AP50 {metrics['mask_AP50']:.1f} against {args.images}")
 
 

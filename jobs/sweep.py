@@ -13,6 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
+from sskd_ray import storage
 from sskd_ray.ray_setup import init_ray
 from sskd_ray.tune.sweep import run_sweep
 
@@ -23,13 +24,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", required=True, help="a tune_spaces/*.yaml file")
     parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
-    parser.add_argument("--run-dir", default="", help="default: runs/sweep-<timestamp>/")
+    parser.add_argument("--run-dir", default="", help="a folder or s3:// / gs:// URI; default: runs/sweep-<timestamp>/")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data, a few iterations (tests)")
     parser.add_argument("--max-concurrent", type=int, default=0, help="default: as many as the resources fit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every trial")
     args = parser.parse_args()
     files = [str(Path(args.config).resolve())] + ([str(REPO / "configs" / "smoke.yaml")] if args.smoke else [])
-    run_dir = Path(args.run_dir or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = storage.normalize(args.run_dir or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     init_ray()
     run_sweep(str(Path(args.space).resolve()), files, args.overrides, run_dir, args.max_concurrent)
 

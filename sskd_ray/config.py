@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from sskd_ray import storage
+
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or an invalid value."""
@@ -224,10 +226,9 @@ def load_config(path: str | Path | list | tuple | None = None, overrides: list[s
     for file in ([path] if isinstance(path, (str, Path)) else list(path or [])):
         if not file:
             continue
-        file = Path(file)
-        if not file.is_file():
+        if not storage.is_file(file):
             raise ConfigError(f"config file not found: {file}")
-        values = yaml.safe_load(file.read_text()) or {}
+        values = yaml.safe_load(storage.read_text(file)) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: top level must be a mapping")
         _build(Config, values, base=cfg)
@@ -298,11 +299,8 @@ def flatten_config(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return path
+def save_config(cfg: Config, path: str | Path) -> str:
+    return storage.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def config_digest(cfg: Any) -> str:

@@ -1,8 +1,9 @@
 """MLflow tracking: one parent run per pipeline (or sweep), one child run per stage.
 
 The tracking URI comes from the config, else `MLFLOW_TRACKING_URI`, else a sqlite file in the run
-directory (a real database, no server). Nothing happens at import; every function takes the URI
-explicitly so Ray workers on other nodes can log to the same place.
+directory (a real database, no server; a run directory on s3:// or gs:// needs one of the first
+two). Nothing happens at import; every function takes the URI explicitly so Ray workers on other
+nodes can log to the same place. Artifacts may be local files or URIs (downloaded to log them).
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import contextlib
 import os
 from pathlib import Path
 from typing import Any, Iterator
+
+from sskd_ray import storage
+from sskd_ray.config import ConfigError
 
 MAX_PARAM_LENGTH = 6000
 
@@ -19,6 +23,10 @@ def resolve_tracking_uri(configured: str, run_dir: str | Path) -> str:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if storage.is_uri(run_dir):
+        raise ConfigError(f"the run directory {run_dir} is in object storage, where MLflow's default sqlite file "
+                          f"cannot live: set tracking.uri (or MLFLOW_TRACKING_URI) to an MLflow server "
+                          f"(http://host:5000) or a local sqlite:////abs/path/mlflow.db")
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
@@ -36,13 +44,20 @@ def _client(uri: str):
     return mlflow
 
 
-def _experiment_id(mlflow: Any, name: str, run_dir: str | Path | None) -> str:
+def _artifact_location(uri: str, run_dir: str | Path | None) -> str | None:
+    """Artifacts next to the run (not in the process's cwd): in a local run directory, else beside a
+    local sqlite store; with a tracking server and a run in object storage, the server decides."""
+    if run_dir is not None and not storage.is_uri(run_dir):
+        return Path(run_dir).resolve().joinpath("mlartifacts").as_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
+    return None
+
+
+def _experiment_id(mlflow: Any, name: str, location: str | None) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if run_dir is not None:  # keep artifacts next to the run, not in the process's cwd
-        location = (Path(run_dir).resolve() / "mlartifacts").as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process
@@ -67,7 +82,7 @@ def start_run(uri: str, experiment: str, name: str, *, parent_id: str | None = N
               run_dir: str | Path | None = None) -> Iterator[str]:
     """Start (or reopen, given `run_id`) a run; yields its id. Nested under `parent_id` when given."""
     mlflow = _client(uri)
-    exp_id = _experiment_id(mlflow, experiment, run_dir)
+    exp_id = _experiment_id(mlflow, experiment, _artifact_location(uri, run_dir))
     all_tags = dict(tags or {})
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
@@ -101,15 +116,18 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | No
 
 
 def log_artifacts(uri: str, run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
+    """Log files or folders (local or URIs); ones that are not there are passed over."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            client.log_artifacts(run_id, str(path), artifact_path)
-        elif path.is_file():
-            client.log_artifact(run_id, str(path), artifact_path)
+    for location in paths:
+        if not storage.exists(location):
+            continue
+        with storage.local_copy(location) as path:
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path)
 
 
 def set_terminated(uri: str, run_id: str, status: str = "FINISHED") -> None:

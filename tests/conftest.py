@@ -12,5 +12,59 @@ def builtin_dir(tmp_path_factory):
     """A small built-in dataset shared by the tests that only read it."""
     from sskd_ray.data.builtin import build_builtin_dataset
 
-    return build_builtin_dataset(tmp_path_factory.mktemp("fashion"), num_train=24, num_val=8, size=64,
-                                 seed=0, labeled_fraction=0.25)
+    from pathlib import Path
+
+    return Path(build_builtin_dataset(tmp_path_factory.mktemp("fashion"), num_train=24, num_val=8, size=64,
+                                      seed=0, labeled_fraction=0.25))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol HTTP server on this machine (moto's standalone server: real requests through
+    pyarrow's S3 client, no cloud account). Yields the env that points S3 clients at it; the bucket
+    `sskd` exists. Tests that need S3 set these variables in their process and subprocesses."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"moto S3 server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", endpoint_override=endpoint,
+                      allow_bucket_creation=True).create_dir("sskd")
+    yield env
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's process talks to the S3 server (S3 filesystems are cached per bucket: cleared)."""
+    from sskd_ray import storage
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    storage._uri_filesystem.cache_clear()
+    yield s3_server
+    storage._uri_filesystem.cache_clear()

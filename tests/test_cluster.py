@@ -54,3 +54,67 @@ def test_kuberay_rayjob_shape():
         assert container["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
         mounts = {m["name"] for m in container["volumeMounts"]}
         assert mounts <= {v["name"] for v in pod["spec"]["volumes"]}
+
+
+CHECK = """
+import sys, time
+import ray
+from sskd_ray.ray_setup import check_shared_storage
+ray.init(address=sys.argv[1], log_to_driver=False)
+deadline = time.time() + 90
+while sum(n["Alive"] for n in ray.nodes()) < 2:
+    assert time.time() < deadline, "the second node never joined"
+    time.sleep(1)
+for path in sys.argv[2:]:
+    try:
+        check_shared_storage(path)
+        print("SHARED", path)
+    except RuntimeError as err:
+        print("REFUSED", err)
+"""
+
+
+@pytest.mark.slow
+def test_multi_node_run_refuses_storage_one_node_cannot_see(tmp_path):
+    """Two real Ray nodes on this machine; the second runs in its own mount namespace where the head's
+    `hidden` folder is an empty tmpfs (what a head-local disk looks like from another machine). The
+    check before each stage must refuse `hidden`, naming a node, and accept `shared`."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.fail("this test needs util-linux's `unshare` (root, mount namespaces) to hide a folder from one node")
+    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
+    hidden.mkdir()
+    shared.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (RAY_NOTES.md)
+        env["RAY_AUTH_MODE"] = "token"
+    address = f"127.0.0.1:{port}"
+    subprocess.run([bin_dir / "ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        worker = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs sskd-hidden "{hidden}" && "{bin_dir / "ray"}" start --address={address} --num-cpus=1'],
+            env=env, capture_output=True, text=True, timeout=180)
+        assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+        check = subprocess.run([sys.executable, "-c", CHECK, address, str(hidden), str(shared)], env=env,
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run([bin_dir / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    lines = check.stdout.splitlines()
+    refused = [line for line in lines if line.startswith("REFUSED")]
+    assert len(refused) == 1 and str(hidden) in refused[0] and "not visible from node" in refused[0], lines
+    assert "s3://" in refused[0]  # the message says what to use instead
+    assert f"SHARED {shared}" in lines
+    assert list(hidden.iterdir()) == []  # the marker is cleaned up on the head's side too

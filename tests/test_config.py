@@ -53,7 +53,7 @@ def test_unknown_key_in_yaml_names_full_key(tmp_path):
 def test_round_trip_and_flatten(tmp_path):
     cfg = load_config(None, ["seed=3"])
     saved = save_config(cfg, tmp_path / "resolved.yaml")
-    again = config_from_dict(yaml.safe_load(saved.read_text()))
+    again = config_from_dict(yaml.safe_load(Path(saved).read_text()))
     assert config_to_dict(again) == config_to_dict(cfg)
     flat = flatten_config(cfg)
     assert flat["seed"] == 3 and flat["stages.distill.batch_size"] == 8

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +47,6 @@ def test_store_round_trip_and_export(tmp_path):
     assert store_teachers(tmp_path) == {"t@abc"}
     masks, labels = row_targets(table.to_pylist()[0], category_ids=[1, 3, 5], score_threshold=0.3)
     assert masks.shape == (1, 6, 8) and masks.sum() == 9 and labels.tolist() == [1]
-    results = json.loads(export_coco_results(tmp_path, tmp_path / "results.json").read_text())
+    results = json.loads(Path(export_coco_results(tmp_path, tmp_path / "results.json")).read_text())
     assert len(results) == 4 and results[0]["segmentation"]["size"] == [6, 8]
     assert read_store(tmp_path / "empty").num_rows == 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from sskd_ray import storage
 from sskd_ray.data.coco import encode_rle, mask_to_bbox, write_coco
 from sskd_ray.data.splits import split_by_fraction, write_split_file
 
@@ -104,16 +104,14 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_split(out: Path, split: str, count: int, size: int, seed: int, assets: Assets,
-                max_instances: int = 6) -> Path:
+def write_split(out: str, split: str, count: int, size: int, seed: int, assets: Assets,
+                max_instances: int = 6) -> str:
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    image_dir = out / "images" / split
-    image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
         image, masks, classes = render_scene(rng, assets, split, size, max_instances)
         file_name = f"{split}/{i:06d}.png"
-        (out / "images" / file_name).write_bytes(_png_bytes(image))
+        storage.write_bytes(storage.join(out, "images", file_name), _png_bytes(image))
         image_id = i + 1 if split == "train" else 1_000_000 + i + 1
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
         for mask, cls in zip(masks, classes):
@@ -122,24 +120,25 @@ def write_split(out: Path, split: str, count: int, size: int, seed: int, assets:
                 "image_id": image_id, "category_id": cls + 1, "segmentation": encode_rle(mask),
                 "area": int(mask.sum()), "bbox": mask_to_bbox(mask), "iscrowd": 0,
             })
-    return write_coco(out / f"{split}.json", images, annotations, categories())
+    return write_coco(storage.join(out, f"{split}.json"), images, annotations, categories())
 
 
 def build_builtin_dataset(out: str | Path, num_train: int = 600, num_val: int = 100, size: int = 128,
-                          seed: int = 0, labeled_fraction: float = 0.1, max_instances: int = 6) -> Path:
-    """Write the dataset under `out` (skipped when a finished copy with the same settings is there)."""
-    out = Path(out)
+                          seed: int = 0, labeled_fraction: float = 0.1, max_instances: int = 6) -> str:
+    """Write the dataset under `out`, a folder or URI (skipped when a finished copy with the same
+    settings is there); returns `out` as a normalized location."""
+    out = storage.normalize(out)
     stamp = f"train={num_train} val={num_val} size={size} seed={seed} frac={labeled_fraction} max={max_instances}\n"
-    done = out / "DONE"
-    if done.is_file() and done.read_text() == stamp:
+    done = storage.join(out, "DONE")
+    if storage.is_file(done) and storage.read_text(done) == stamp:
         return out
     assets = load_assets()
     train_json = write_split(out, "train", num_train, size, seed, assets, max_instances)
     write_split(out, "val", num_val, size, seed, assets, max_instances)
-    images = json.loads(train_json.read_text())["images"]
+    images = storage.read_json(train_json)["images"]
     labeled, _ = split_by_fraction([im["id"] for im in images], labeled_fraction, seed)
-    write_split_file(out / "splits" / f"labeled_{round(labeled_fraction * 100)}.txt", images, labeled)
-    done.write_text(stamp)
+    write_split_file(storage.join(out, "splits", f"labeled_{round(labeled_fraction * 100)}.txt"), images, labeled)
+    storage.write_text(done, stamp)
     return out
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from sskd_ray import storage
+
 
 class DatasetError(ValueError):
     """The dataset file itself is unusable; the message names the file and the entry."""
@@ -62,8 +64,8 @@ def mask_to_bbox(mask: np.ndarray) -> list[float]:
 @dataclass
 class CocoDataset:
     """A validated COCO instances file: images, their good annotations, and what was skipped."""
-    path: Path
-    image_dir: Path
+    path: str  # a local path or a URI (sskd_ray.storage)
+    image_dir: str
     categories: list[dict]
     images: list[dict]
     annotations: dict[int, list[dict]]  # image_id -> annotations
@@ -77,8 +79,8 @@ class CocoDataset:
     def class_names(self) -> list[str]:
         return [c["name"] for c in self.categories]
 
-    def image_path(self, image: dict) -> Path:
-        return self.image_dir / image["file_name"]
+    def image_path(self, image: dict) -> str:
+        return storage.resolve(self.image_dir, image["file_name"])
 
     def instance_masks(self, image: dict) -> tuple[np.ndarray, np.ndarray]:
         """([n, H, W] bool masks, [n] contiguous class indices 0..C-1) for one image; crowd excluded."""
@@ -99,10 +101,10 @@ _REQUIRED_ANN = ("id", "image_id", "category_id", "segmentation")
 
 def load_coco(path: str | Path, image_dir: str | Path | None = None, check_files: bool = True) -> CocoDataset:
     """Load and validate a COCO instances json; bad annotations are skipped and listed in `.skipped`."""
-    path = Path(path)
-    image_dir = Path(image_dir) if image_dir else path.parent
+    path = storage.normalize(path)
+    image_dir = storage.normalize(image_dir) if image_dir else storage.parent(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = storage.read_json(path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
@@ -116,11 +118,12 @@ def load_coco(path: str | Path, image_dir: str | Path | None = None, check_files
             raise DatasetError(f"{path}: categories[{i}] lacks 'id' or 'name'")
     cat_ids = {c["id"] for c in categories}
     images, skipped = [], []
+    present = _file_checker(image_dir) if check_files else None
     for i, image in enumerate(raw["images"]):
         missing = [k for k in _REQUIRED_IMAGE if k not in image]
         if missing:
             raise DatasetError(f"{path}: images[{i}] (id={image.get('id')}) lacks key(s) {missing}")
-        if check_files and not (image_dir / image["file_name"]).is_file():
+        if present is not None and not present(storage.resolve(image_dir, image["file_name"])):
             skipped.append({"image": image["file_name"], "reason": f"not found under {image_dir}"})
             continue
         images.append(image)
@@ -143,6 +146,15 @@ def load_coco(path: str | Path, image_dir: str | Path | None = None, check_files
     return CocoDataset(path, image_dir, categories, images, annotations, skipped)
 
 
+def _file_checker(image_dir: str):
+    """location -> exists. Under an object-store folder, one listing instead of a request per image."""
+    if not storage.is_uri(image_dir):
+        return storage.is_file
+    listed = set(storage.list_files(image_dir, recursive=True))
+    return lambda location: location in listed or (not location.startswith(image_dir + "/")
+                                                    and storage.is_file(location))
+
+
 def _annotation_problem(ann: dict, cat_ids: set, image_ids: set) -> str | None:
     missing = [k for k in _REQUIRED_ANN if k not in ann]
     if missing:
@@ -154,12 +166,9 @@ def _annotation_problem(ann: dict, cat_ids: set, image_ids: set) -> str | None:
     return None
 
 
-def write_coco(path: str | Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories},
-                               separators=(",", ":")))
-    return path
+def write_coco(path: str | Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> str:
+    return storage.write_text(path, json.dumps({"images": images, "annotations": annotations,
+                                                "categories": categories}, separators=(",", ":")))
 
 
 def subset_coco(dataset: CocoDataset, image_ids: set[int]) -> dict:

@@ -2,13 +2,14 @@
 
 Columns: image_id int64, file_name string, height/width int32, instances list<struct<category_id
 int32, score float32, bbox list<float32> (xywh), segmentation string (COCO RLE counts)>>, teacher
-string (model id + checkpoint hash). Shards are written whole to a temporary name and renamed, so
-a shard that exists is complete; a re-run skips the shards already there.
+string (model id + checkpoint hash). The store is a folder or a URI (sskd_ray.storage); a shard is
+written whole (a temporary name renamed, or one object upload), so a shard that exists is complete
+and a re-run skips the shards already there.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sskd_ray import storage
 from sskd_ray.data.coco import decode_rle
 
 INSTANCE_TYPE = pa.struct([
@@ -34,26 +36,27 @@ SCHEMA = pa.schema([
 ])
 
 
-def write_shard(path: str | Path, rows: list[dict]) -> Path:
-    """Rows with the SCHEMA's keys -> one Parquet file, written atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+def write_shard(path: str | Path, rows: list[dict]) -> str:
+    """Rows with the SCHEMA's keys -> one Parquet file, written whole (see the module doc)."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
+    return storage.write_bytes(path, buffer.getvalue())
 
 
-def shard_paths(store: str | Path) -> list[Path]:
-    return sorted(Path(store).glob("shard-*.parquet"))
+def shard_paths(store: str | Path) -> list[str]:
+    return storage.list_files(store, "shard-*.parquet")
+
+
+def _read_shard(path: str) -> pa.Table:
+    fs, inner = storage.filesystem(path)
+    return pq.read_table(inner, schema=SCHEMA, filesystem=fs)
 
 
 def read_store(store: str | Path) -> pa.Table:
     paths = shard_paths(store)
     if not paths:
         return SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in paths)
+    return pa.concat_tables(_read_shard(p) for p in paths)
 
 
 def store_teachers(store: str | Path) -> set[str]:
@@ -63,7 +66,7 @@ def store_teachers(store: str | Path) -> set[str]:
 
 def iter_rows(store: str | Path) -> Iterable[dict]:
     for path in shard_paths(store):
-        yield from pq.read_table(path, schema=SCHEMA).to_pylist()
+        yield from _read_shard(path).to_pylist()
 
 
 def row_targets(row: dict, category_ids: list[int], score_threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +80,7 @@ def row_targets(row: dict, category_ids: list[int], score_threshold: float = 0.0
     return masks, np.array([contiguous[inst["category_id"]] for inst in kept], dtype=np.int64)
 
 
-def export_coco_results(store: str | Path, out: str | Path) -> Path:
+def export_coco_results(store: str | Path, out: str | Path) -> str:
     """The store as a COCO results json (list of {image_id, category_id, segmentation, bbox, score})."""
     results = []
     for row in iter_rows(store):
@@ -86,7 +89,4 @@ def export_coco_results(store: str | Path, out: str | Path) -> Path:
             results.append({"image_id": row["image_id"], "category_id": inst["category_id"],
                             "segmentation": {"size": size, "counts": inst["segmentation"]},
                             "bbox": [round(float(v), 2) for v in inst["bbox"]], "score": round(float(inst["score"]), 6)})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results))
-    return out
+    return storage.write_text(out, json.dumps(results))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sskd_ray import storage
+
 import numpy as np
 
 
@@ -29,10 +31,9 @@ def _stem(name: str) -> str:
 
 def read_split_file(path: str | Path, images: list[dict]) -> tuple[list[int], list[int]]:
     """Labeled = images named in the file; unlabeled = the rest. Unknown names fail, listing a few."""
-    path = Path(path)
-    if not path.is_file():
+    if not storage.is_file(path):
         raise FileNotFoundError(f"split file not found: {path}")
-    wanted = {_stem(line) for line in path.read_text().splitlines() if line.strip()}
+    wanted = {_stem(line) for line in storage.read_text(path).splitlines() if line.strip()}
     by_stem = {_stem(im["file_name"]): im["id"] for im in images}
     unknown = sorted(wanted - by_stem.keys())
     if unknown:
@@ -42,9 +43,6 @@ def read_split_file(path: str | Path, images: list[dict]) -> tuple[list[int], li
     return labeled, sorted(i for i in by_stem.values() if i not in labeled_set)
 
 
-def write_split_file(path: str | Path, images: list[dict], labeled_ids: list[int]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_split_file(path: str | Path, images: list[dict], labeled_ids: list[int]) -> str:
     keep = set(labeled_ids)
-    path.write_text("".join(f"{im['file_name']}\n" for im in images if im["id"] in keep))
-    return path
+    return storage.write_text(path, "".join(f"{im['file_name']}\n" for im in images if im["id"] in keep))

@@ -7,6 +7,7 @@ stays in Python so thresholds can change without re-exporting.
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sskd_ray import storage
 from sskd_ray.config import ModelConfig
 from sskd_ray.models.build import build_model
 
@@ -32,15 +34,16 @@ class DeployModel(nn.Module):
 
 def load_trained(folder: str | Path) -> tuple[nn.Module, dict]:
     """-> (model in eval mode, its card: {"model": ModelConfig fields, "class_names", "category_ids"})."""
-    folder = Path(folder)
+    folder = storage.normalize(folder)
     for name in ("model.pt", "teacher.json"):
-        if not (folder / name).is_file():
+        if not storage.is_file(storage.join(folder, name)):
             raise FileNotFoundError(f"{folder} has no {name}: pass a stage's final/ folder, e.g. <run_dir>/student/final")
-    card = json.loads((folder / "teacher.json").read_text())
+    card = storage.read_json(storage.join(folder, "teacher.json"))
     known = {f.name for f in fields(ModelConfig)}
     cfg = ModelConfig(**{k: v for k, v in card["model"].items() if k in known})
     model = build_model(cfg, card["class_names"])
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    weights = io.BytesIO(storage.read_bytes(storage.join(folder, "model.pt")))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), card
 
 
@@ -133,12 +136,17 @@ def write_model_card(out: Path, card: dict) -> Path:
 
 
 def export_model(folder: str | Path, out: str | Path, batch: int = 2) -> dict:
-    """Export, check parity, measure, write the card. Returns the card (parity included)."""
+    """Export, check parity, measure, write the card. Returns the card (parity included).
+    `folder` and `out` may be URIs: the files are made locally and uploaded at the end."""
+    with storage.local_output(out) as local:
+        local.mkdir(parents=True, exist_ok=True)
+        return _export_into(storage.normalize(folder), local, batch)
+
+
+def _export_into(folder: str, out: Path, batch: int) -> dict:
     from sskd_ray.eval.efficiency import count_flops
     from sskd_ray.models.maskformer import count_parameters
 
-    folder, out = Path(folder), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model, card = load_trained(folder)
     size = card["model"]["image_size"]
     generator = torch.Generator().manual_seed(0)
@@ -147,10 +155,10 @@ def export_model(folder: str | Path, out: str | Path, batch: int = 2) -> dict:
     onnx, dynamic = export_onnx(model, example, out / "student.onnx")
     parity = check_parity(model, ts, onnx, torch.rand(batch + 1, 3, size, size, generator=generator))
     mean, std = getattr(getattr(model, "encoder", None), "norm", (None, None))
-    metrics_path = folder / "metrics.json"
+    metrics_path = storage.join(folder, "metrics.json")
     card = {**card, "parity": parity, "dynamic_axes": dynamic,
             "normalisation": f"(x - {list(mean)}) / {list(std)}" if mean is not None else "model-specific",
-            "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
+            "metrics": storage.read_json(metrics_path) if storage.is_file(metrics_path) else None,
             "efficiency": {"params": count_parameters(model), "flops": count_flops(model, example[:1]),
                            "latency": _latencies(model, ts, onnx, size)}}
     write_model_card(out, card)

@@ -5,6 +5,7 @@ through the Ray Data labeling pipeline (same actors, shards, resume and error li
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from sskd_ray import storage
 from sskd_ray.data.decode import decode_image
 from sskd_ray.deploy.export import load_trained
 from sskd_ray.label.sources import list_images
@@ -58,7 +60,7 @@ def predict_arrays(model, card: dict, images: list[dict], batch_size: int, thres
     decoded, errors = [], []
     for im in images:
         try:
-            array, reason = decode_image(Path(im["path"]).read_bytes(), 40_000_000)
+            array, reason = decode_image(storage.read_bytes(im["path"]), 40_000_000)
         except OSError as err:
             array, reason = None, f"cannot read: {err}"
         if array is None:
@@ -77,9 +79,9 @@ def predict_arrays(model, card: dict, images: list[dict], batch_size: int, thres
 
 def predict(folder: str | Path, images: str, out: str | Path, batch_size: int = 8, threshold: float = 0.3,
             top_k: int = 20, max_overlays: int = 50, ray_above: int = 256) -> dict:
-    """-> summary {images, predicted, skipped, instances, results, overlays}."""
-    out = Path(out)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    """-> summary {images, predicted, skipped, instances, results, overlays}. `folder`, `images` and
+    `out` may be local or URIs."""
+    out = storage.normalize(out)
     listing = list_images(images)
     if len(listing) > ray_above:
         return _predict_with_ray(folder, listing, out, batch_size, threshold, top_k)
@@ -89,18 +91,19 @@ def predict(folder: str | Path, images: str, out: str | Path, batch_size: int = 
     for im, array, insts in done:
         results += instances_to_coco(insts, im["image_id"], card["category_ids"])
         if len(overlays) < max_overlays:
-            path = out / "overlays" / f"{Path(im['file_name']).stem}.png"
-            draw_overlay(array, insts, card["class_names"]).save(path)
-            overlays.append(str(path))
-    (out / "predictions.json").write_text(json.dumps(results))
-    (out / "errors.json").write_text(json.dumps(errors, indent=1))
+            path = storage.join(out, "overlays", f"{Path(im['file_name']).stem}.png")
+            png = io.BytesIO()
+            draw_overlay(array, insts, card["class_names"]).save(png, format="PNG")
+            overlays.append(storage.write_bytes(path, png.getvalue()))
+    storage.write_text(storage.join(out, "predictions.json"), json.dumps(results))
+    storage.write_json(storage.join(out, "errors.json"), errors, indent=1)
     summary = {"images": len(listing), "predicted": len(listing) - len(errors), "skipped": len(errors),
-               "instances": len(results), "results": str(out / "predictions.json"), "overlays": len(overlays)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+               "instances": len(results), "results": storage.join(out, "predictions.json"), "overlays": len(overlays)}
+    storage.write_json(storage.join(out, "summary.json"), summary)
     return summary
 
 
-def _predict_with_ray(folder, listing: list[dict], out: Path, batch_size: int, threshold: float, top_k: int) -> dict:
+def _predict_with_ray(folder, listing: list[dict], out: str, batch_size: int, threshold: float, top_k: int) -> dict:
     from dataclasses import replace
 
     from sskd_ray.config import LabelConfig
@@ -108,12 +111,13 @@ def _predict_with_ray(folder, listing: list[dict], out: Path, batch_size: int, t
     from sskd_ray.ray_setup import init_ray
 
     init_ray()  # joins RAY_ADDRESS when set, else a local Ray
-    card = json.loads((Path(folder) / "teacher.json").read_text())
-    spec = {**card, "checkpoint": str(Path(folder) / "model.pt")}
+    folder = storage.normalize(folder)
+    card = storage.read_json(storage.join(folder, "teacher.json"))
+    spec = {**card, "checkpoint": storage.join(folder, "model.pt")}
     cfg = replace(LabelConfig(), score_threshold=threshold, batch_size=batch_size, top_k=top_k)
-    summary = run_labeling(listing, out / "store", spec, f"predict:{Path(folder).resolve()}",
+    summary = run_labeling(listing, storage.join(out, "store"), spec, f"predict:{folder}",
                            card["model"]["image_size"], cfg)
-    results = json.loads((out / "store" / "coco_results.json").read_text())
-    (out / "predictions.json").write_text(json.dumps(results))
+    results = storage.read_json(storage.join(out, "store", "coco_results.json"))
+    storage.write_text(storage.join(out, "predictions.json"), json.dumps(results))
     return {"images": len(listing), "predicted": summary.get("images_labeled"), "skipped": summary.get("images_skipped"),
-            "instances": len(results), "results": str(out / "predictions.json"), "overlays": 0}
+            "instances": len(results), "results": storage.join(out, "predictions.json"), "overlays": 0}

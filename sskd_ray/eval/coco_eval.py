@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,13 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from sskd_ray import storage
+
 
 def _as_coco(coco_gt: str | Path | dict | COCO) -> COCO:
     if isinstance(coco_gt, COCO):
         return coco_gt
-    data = json.loads(Path(coco_gt).read_text()) if isinstance(coco_gt, (str, Path)) else copy.deepcopy(coco_gt)
+    data = storage.read_json(coco_gt) if isinstance(coco_gt, (str, Path)) else copy.deepcopy(coco_gt)
     data.setdefault("info", {})
     data.setdefault("licenses", [])
     for ann in data["annotations"]:  # COCOeval needs area and iscrowd; derive them when absent

@@ -2,6 +2,7 @@
 map instances back to the image's own size, score with pycocotools."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sskd_ray import storage
 from sskd_ray.data.coco import CocoDataset, load_coco
 from sskd_ray.eval.coco_eval import evaluate_masks
 from sskd_ray.models.postprocess import instances_from_output, instances_to_coco
@@ -30,7 +32,7 @@ def predict_coco(model: torch.nn.Module, dataset: CocoDataset, image_size: int, 
         tensors, kept = [], []
         for im in chunk:
             try:
-                with Image.open(dataset.image_path(im)) as pil:
+                with Image.open(io.BytesIO(storage.read_bytes(dataset.image_path(im)))) as pil:
                     array = np.asarray(pil.convert("RGB"))
             except OSError:
                 continue

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sskd_ray import storage
+
 TERMS = ("loss", "loss_sup", "loss_pl", "loss_con")
 COLOURS = {"loss": "#222222", "loss_sup": "#4c72b0", "loss_pl": "#dd8452", "loss_con": "#55a868"}
 
@@ -40,7 +42,17 @@ def _draw_losses(ax, history: list[dict], title: str) -> None:
         ax.legend(fontsize=8)
 
 
-def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:
+def save_figure(fig, path: str | Path) -> str:
+    """Write a matplotlib figure (PNG) to a local path or a URI and close it."""
+    import matplotlib.pyplot as plt
+
+    with storage.local_output(path) as local:
+        fig.savefig(local)
+    plt.close(fig)
+    return storage.normalize(path)
+
+
+def plot_history(history: list[dict], path: str | Path, title: str = "") -> str:
     """Loss terms over iterations (left) and periodic val mask AP (right); resumes as red dashes."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120)
@@ -61,12 +73,10 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
-def plot_stages(histories: dict[str, list[dict]], path: str | Path) -> Path:
+def plot_stages(histories: dict[str, list[dict]], path: str | Path) -> str:
     """One loss panel per stage, in pipeline order."""
     plt = _pyplot()
     names = [n for n, h in histories.items() if h]
@@ -78,6 +88,4 @@ def plot_stages(histories: dict[str, list[dict]], path: str | Path) -> Path:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -1,11 +1,11 @@
 """`<run_dir>/report.md`: the run's one-page summary (stage table, curves) and the printed table."""
 from __future__ import annotations
 
-import json
+import io
 import time
-from pathlib import Path
 
-from sskd_ray.eval.plots import plot_stages
+from sskd_ray import storage
+from sskd_ray.eval.plots import plot_stages, save_figure
 
 
 def _fmt(value) -> str:
@@ -24,7 +24,7 @@ def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) ->
     return "\n".join(lines)
 
 
-def efficiency_table(models: dict[str, Path]) -> tuple[str, dict]:
+def efficiency_table(models: dict[str, str]) -> tuple[str, dict]:
     """Parameters, FLOPs and CPU latency (batch 1) of trained models, from their final/ folders."""
     import torch
 
@@ -33,7 +33,7 @@ def efficiency_table(models: dict[str, Path]) -> tuple[str, dict]:
 
     stats = {}
     for name, folder in models.items():
-        if (Path(folder) / "model.pt").is_file():
+        if storage.is_file(storage.join(folder, "model.pt")):
             model, card = load_trained(folder)
             size = card["model"]["image_size"]
             with torch.no_grad():
@@ -45,7 +45,7 @@ def efficiency_table(models: dict[str, Path]) -> tuple[str, dict]:
     return "\n".join(lines), stats
 
 
-def prediction_grid(val_json: str, models: dict[str, Path], path: Path, count: int = 4) -> Path:
+def prediction_grid(val_json: str, models: dict[str, str], path: str, count: int = 4) -> str:
     """Rows: val images; columns: ground truth, then each model's predictions (score >= 0.3)."""
     import matplotlib
 
@@ -61,17 +61,17 @@ def prediction_grid(val_json: str, models: dict[str, Path], path: Path, count: i
     from sskd_ray.models.postprocess import Instance
 
     val = load_coco(val_json, check_files=False)
-    images = [{"image_id": im["id"], "file_name": im["file_name"], "path": str(val.image_path(im)), "_im": im}
+    images = [{"image_id": im["id"], "file_name": im["file_name"], "path": val.image_path(im), "_im": im}
               for im in val.images[:count]]
     columns = {"ground truth": []}
     for im in images:
         masks, labels = val.instance_masks(im["_im"])
-        with Image.open(im["path"]) as pil:
+        with Image.open(io.BytesIO(storage.read_bytes(im["path"]))) as pil:
             array = np.asarray(pil.convert("RGB"))
         columns["ground truth"].append(draw_overlay(array, [Instance(int(c), 1.0, m) for m, c in zip(masks, labels)],
                                                     val.class_names))
     for name, folder in models.items():
-        if not (Path(folder) / "model.pt").is_file():
+        if not storage.is_file(storage.join(folder, "model.pt")):
             continue
         model, card = load_trained(folder)
         with torch.no_grad():
@@ -87,48 +87,49 @@ def prediction_grid(val_json: str, models: dict[str, Path], path: Path, count: i
             if r == 0:
                 axes[r, c].set_title(name, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def write_report(run_dir: Path, results: dict[str, dict], rows: tuple[tuple[str, str], ...], specs: dict) -> Path:
+def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, str], ...], specs: dict) -> str:
+    run_dir = storage.normalize(run_dir)
+
+    def at(*parts: str) -> str:
+        return storage.join(run_dir, *parts)
+
     histories = {}
     for name, spec in specs.items():
-        path = Path(spec.folder) / "history.json"
-        if path.is_file():
-            histories[name] = json.loads(path.read_text())
-    plot_stages(histories, run_dir / "losses.png")
+        path = storage.join(spec.folder, "history.json")
+        if storage.is_file(path):
+            histories[name] = storage.read_json(path)
+    plot_stages(histories, at("losses.png"))
     table = format_table(results, rows)
     pseudo = []
     for name in ("finetune", "adapted"):
-        summary = run_dir / "pseudo" / name / "summary.json"
-        if summary.is_file():
-            s = json.loads(summary.read_text())
+        summary = at("pseudo", name, "summary.json")
+        if storage.is_file(summary):
+            s = storage.read_json(summary)
             q = s.get("quality", {})
             pseudo.append(f"| {name} teacher | {s['images_labeled']} | {s['images_skipped']} | {s['instances']} | "
                           f"{_fmt(q.get('mask_AP'))} | {_fmt(q.get('mask_AP50'))} |")
-    text = [f"# sskd-ray run `{run_dir.name}`", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}; config in `config.yaml`.",
+    text = [f"# sskd-ray run `{storage.name(run_dir)}`", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}; config in `config.yaml`.",
             "", "## Mask AP on the val split", "", table, ""]
     if pseudo:
         text += ["## Pseudo-labels (quality measured against the pool's held-back ground truth, when it has any)", "",
                  "| labeled by | images | skipped | instances | mask AP | mask AP50 |", "|---|---:|---:|---:|---:|---:|",
                  *pseudo, ""]
         text += ["Score histograms: " + ", ".join(f"![{n}](pseudo/{n}/scores.png)" for n in ("finetune", "adapted")
-                                                 if (run_dir / "pseudo" / n / "scores.png").is_file()), ""]
-    models = {"teacher (adapted)": run_dir / "teacher" / "selftrain" / "final",
-              "student (final)": run_dir / "student" / "final",
-              "student (supervised only)": run_dir / "student" / "baseline" / "final"}
+                                                 if storage.is_file(at("pseudo", n, "scores.png"))), ""]
+    models = {"teacher (adapted)": at("teacher", "selftrain", "final"), "student (final)": at("student", "final"),
+              "student (supervised only)": at("student", "baseline", "final")}
     table_eff, _ = efficiency_table({k: v for k, v in models.items() if "supervised" not in k})
     text += ["## Efficiency (the trained models of this run)", "", table_eff, ""]
     val_json = next(iter(specs.values())).data["val_json"] if specs else ""
     if val_json:
-        prediction_grid(val_json, models, run_dir / "predictions.png")
+        prediction_grid(val_json, models, at("predictions.png"))
         text += ["## Predictions on val images (score >= 0.3)", "", "![predictions](predictions.png)", ""]
     text += ["## Training curves", "", "![losses](losses.png)", ""]
-    text += [f"- {name}: ![{name}]({Path(spec.folder).relative_to(run_dir)}/losses.png)" for name, spec in specs.items()
-             if (Path(spec.folder) / "losses.png").is_file()]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(text) + "\n")
+    text += [f"- {name}: ![{name}]({storage.relative_to(spec.folder, run_dir)}/losses.png)"
+             for name, spec in specs.items() if storage.is_file(storage.join(spec.folder, "losses.png"))]
+    path = storage.write_text(at("report.md"), "\n".join(text) + "\n")
     print("\n" + table + f"\n\nreport: {path}")
     return path

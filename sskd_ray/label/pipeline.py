@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from sskd_ray import storage
 from sskd_ray.config import LabelConfig
 from sskd_ray.data.pseudo_labels import export_coco_results, read_store
 from sskd_ray.label.predictor import TeacherPredictor
@@ -23,17 +24,16 @@ class TeacherMismatchError(RuntimeError):
     """`out` already holds labels from a different teacher."""
 
 
-def claim_output(out: Path, teacher_id: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / "teacher.json"
-    if marker.is_file():
-        existing = json.loads(marker.read_text())["teacher"]
+def claim_output(out: str, teacher_id: str) -> None:
+    marker = storage.join(out, "teacher.json")
+    if storage.is_file(marker):
+        existing = storage.read_json(marker)["teacher"]
         if existing != teacher_id:
             raise TeacherMismatchError(
                 f"{out} holds pseudo-labels from teacher '{existing}', not '{teacher_id}': "
                 f"use another --out, or delete {out} to relabel with the new teacher")
     else:
-        marker.write_text(json.dumps({"teacher": teacher_id}))
+        storage.write_json(marker, {"teacher": teacher_id}, indent=None)
 
 
 def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
@@ -49,11 +49,12 @@ def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
 
 def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teacher_id: str, image_size: int,
                  cfg: LabelConfig) -> dict:
-    """Label `images` into `out`; returns the summary (also written to out/summary.json)."""
-    out = Path(out)
+    """Label `images` into `out` (a folder or URI); returns the summary (also out/summary.json)."""
+    out = storage.normalize(out)
     claim_output(out, teacher_id)
     shards = plan_shards(images, cfg.images_per_shard)
-    pending = [s for s in shards if not (out / f"{s['shard']}.parquet").is_file()]
+    done = {storage.name(p) for p in storage.list_files(out, "shard-*.parquet")}
+    pending = [s for s in shards if f"{s['shard']}.parquet" not in done]
     check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
     start = time.perf_counter()
     if pending:
@@ -62,7 +63,7 @@ def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teache
         pool = ray.data.ActorPoolStrategy(min_size=cfg.num_actors, max_size=max(cfg.max_actors, cfg.num_actors))
         ds = ds.map_batches(
             TeacherPredictor, batch_size=1, compute=pool,
-            fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=str(out), teacher_id=teacher_id,
+            fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=out, teacher_id=teacher_id,
                                        image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
                                        batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
                                        torch_threads=cfg.torch_threads),
@@ -71,13 +72,14 @@ def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teache
     return summarise(out, [s["shard"] for s in shards], len(images), time.perf_counter() - start, len(pending))
 
 
-def summarise(out: Path, shard_names: list[str], num_images: int, seconds: float, shards_run: int) -> dict:
+def summarise(out: str, shard_names: list[str], num_images: int, seconds: float, shards_run: int) -> dict:
     errors = []
+    written = set(storage.list_files(storage.join(out, "errors"), "*.json"))
     for name in shard_names:
-        path = out / "errors" / f"{name}.json"
-        if path.is_file():
-            errors += json.loads(path.read_text())
-    (out / "errors.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors))
+        path = storage.join(out, "errors", f"{name}.json")
+        if path in written:
+            errors += storage.read_json(path)
+    storage.write_text(storage.join(out, "errors.jsonl"), "".join(json.dumps(e) + "\n" for e in errors))
     table = read_store(out)
     per_class: dict[int, int] = {}
     scores = []
@@ -91,6 +93,6 @@ def summarise(out: Path, shard_names: list[str], num_images: int, seconds: float
                "score_histogram": {"edges": edges.round(2).tolist(), "counts": hist.tolist()},
                "shards_run": shards_run, "seconds": seconds,
                "images_per_second": (table.num_rows / seconds) if shards_run and seconds > 0 else None}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    export_coco_results(out, out / "coco_results.json")
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    export_coco_results(out, storage.join(out, "coco_results.json"))
     return summary

@@ -6,15 +6,16 @@ rest of its shard is labeled as usual.
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sskd_ray import storage
 from sskd_ray.config import ModelConfig
 from sskd_ray.data.decode import decode_image
 from sskd_ray.data.pseudo_labels import write_shard
@@ -28,7 +29,8 @@ def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
     torch.manual_seed(0)  # random-weight teachers (smoke) must be the same model in every actor
     model = build_model(ModelConfig(**{k: v for k, v in spec["model"].items() if k in known}), spec["class_names"])
     if spec.get("checkpoint"):
-        model.load_state_dict(torch.load(spec["checkpoint"], map_location="cpu", weights_only=True))
+        state = io.BytesIO(storage.read_bytes(spec["checkpoint"]))  # a local file or a URI
+        model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
     return model.eval()
 
 
@@ -39,7 +41,7 @@ class TeacherPredictor:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_teacher_from_spec(spec).to(self.device)
         self.category_ids = spec["category_ids"]
-        self.out_dir = Path(out_dir)
+        self.out_dir = storage.normalize(out_dir)
         self.teacher_id, self.image_size = teacher_id, image_size
         self.score_threshold, self.top_k = score_threshold, top_k
         self.batch_size, self.max_pixels = batch_size, max_pixels
@@ -61,7 +63,7 @@ class TeacherPredictor:
         decoded, errors = [], []
         for im in images:
             try:
-                data = Path(im["path"]).read_bytes()
+                data = storage.read_bytes(im["path"])
             except OSError as err:
                 errors.append({"path": im["path"], "reason": f"cannot read: {err}"})
                 continue
@@ -79,10 +81,8 @@ class TeacherPredictor:
                          "instances": [{"category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
                                         "segmentation": r["segmentation"]["counts"]} for r in coco]})
         # errors first, then the shard: a shard file on disk means everything about it is recorded
-        err_path = self.out_dir / "errors" / f"{shard}.json"
-        err_path.parent.mkdir(parents=True, exist_ok=True)
-        err_path.write_text(json.dumps(errors))
-        write_shard(self.out_dir / f"{shard}.parquet", rows)
+        storage.write_text(storage.join(self.out_dir, "errors", f"{shard}.json"), json.dumps(errors))
+        write_shard(storage.join(self.out_dir, f"{shard}.parquet"), rows)
         return {"shard": shard, "labeled": len(rows), "skipped": len(errors), "seconds": time.perf_counter() - start}
 
     def __call__(self, batch: dict) -> dict:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-from pathlib import Path
 
-from sskd_ray import tracking
+from sskd_ray import storage, tracking
 from sskd_ray.config import Config, config_digest, flatten_config
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.label.pipeline import run_labeling
@@ -27,19 +25,20 @@ def resolve_teacher(cfg: Config, teacher: str, smoke: bool) -> tuple[dict, str, 
                 "category_ids": list(range(1, len(CLASS_NAMES) + 1)), "checkpoint": ""}
         weights = "random" if smoke or model.pretrained in ("", "random") else model.pretrained
         return spec, f"builtin:{model.encoder}:{weights}@{config_digest(model)}", model.image_size
-    folder = Path(teacher)
-    if not (folder / "teacher.json").is_file() or not (folder / "model.pt").is_file():
+    folder = storage.normalize(teacher)
+    spec_file, weights_file = storage.join(folder, "teacher.json"), storage.join(folder, "model.pt")
+    if not storage.is_file(spec_file) or not storage.is_file(weights_file):
         raise FileNotFoundError(f"teacher checkpoint '{teacher}' needs teacher.json and model.pt (or use 'builtin')")
-    spec = json.loads((folder / "teacher.json").read_text())
-    spec["checkpoint"] = str(folder / "model.pt")
-    digest = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()[:12]
+    spec = storage.read_json(spec_file)
+    spec["checkpoint"] = weights_file
+    digest = hashlib.sha256(storage.read_bytes(weights_file)).hexdigest()[:12]
     size = spec["model"].get("image_size", cfg.teacher.image_size)
     if smoke:
         size = min(size, 64)
-    return spec, f"{folder.name}:{spec['model'].get('encoder', spec['model'].get('kind'))}@{digest}", size
+    return spec, f"{storage.name(folder)}:{spec['model'].get('encoder', spec['model'].get('kind'))}@{digest}", size
 
 
-def plot_scores(summary: dict, path: Path) -> Path:
+def plot_scores(summary: dict, path: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,32 +51,38 @@ def plot_scores(summary: dict, path: Path) -> Path:
     ax.set_ylabel("instances")
     ax.set_title(f"pseudo-label scores ({summary['instances']} instances, {summary['images_labeled']} images)")
     fig.tight_layout()
-    fig.savefig(path)
+    with storage.local_output(path) as local:
+        fig.savefig(local)
     plt.close(fig)
     return path
 
 
-def label_pool(cfg: Config, images: str, teacher: str, out: str | Path, smoke: bool = False,
+def label_pool(cfg: Config, images: str, teacher: str, out: str, smoke: bool = False,
                parent_run_id: str | None = None) -> dict:
+    """Label the images `images` lists (folder, glob, COCO json, Parquet list; local or URI) into the
+    store `out` with `teacher` ('builtin' or a stage's final/ folder); logs one MLflow run."""
     from sskd_ray.eval import evaluate_masks
 
-    out = Path(out)
+    from sskd_ray.ray_setup import check_shared_storage
+
+    out = storage.normalize(out)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri, out)  # fails now, not after labeling, if there is none
+    check_shared_storage(out)  # labeling actors on every node write their shards here
     spec, teacher_id, size = resolve_teacher(cfg, teacher, smoke)
     listing = list_images(images)
     summary = run_labeling(listing, out, spec, teacher_id, size, cfg.label)
     summary["teacher"] = teacher_id
-    if images.endswith(".json") and json.loads(Path(images).read_text()).get("annotations"):
-        results = json.loads((out / "coco_results.json").read_text())
+    if images.endswith(".json") and storage.read_json(images).get("annotations"):
+        results = storage.read_json(storage.join(out, "coco_results.json"))
         quality = evaluate_masks(images, results)
         summary["quality"] = {k: quality[k] for k in ("mask_AP", "mask_AP50")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot = plot_scores(summary, out / "scores.png")
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri, out)
+    storage.write_json(storage.join(out, "summary.json"), summary)
+    plot = plot_scores(summary, storage.join(out, "scores.png"))
     with tracking.start_run(uri, cfg.tracking.experiment, "pseudo_label", parent_id=parent_run_id,
                             tags={"sskd.stage": "pseudo_label"}, run_dir=out) as run_id:
         tracking.log_params(uri, run_id, {**flatten_config(cfg), "teacher_id": teacher_id, "images": images})
         metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
         metrics.update({f"quality_{k}": v for k, v in summary.get("quality", {}).items()})
         tracking.log_metrics(uri, run_id, metrics)
-        tracking.log_artifacts(uri, run_id, [out / "summary.json", out / "errors.jsonl", plot])
+        tracking.log_artifacts(uri, run_id, [storage.join(out, "summary.json"), storage.join(out, "errors.jsonl"), plot])
     return summary

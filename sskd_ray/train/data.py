@@ -10,14 +10,15 @@ An image that cannot be read is skipped and recorded (path + reason); the batch 
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sskd_ray import storage
 from sskd_ray.data.coco import load_coco
 from sskd_ray.data.pseudo_labels import read_store, row_targets
 from sskd_ray.data.views import make_views
@@ -62,7 +63,7 @@ class TrainingSet:
 def build_training_set(labeled_json: str, labeled_images: str, image_size: int, pseudo_dir: str = "",
                        pseudo_images: str = "", score_threshold: float = 0.3) -> TrainingSet:
     coco = load_coco(labeled_json, labeled_images, check_files=False)
-    labeled = [Sample(str(coco.image_path(im)), im["id"], True, i) for i, im in enumerate(coco.images)]
+    labeled = [Sample(coco.image_path(im), im["id"], True, i) for i, im in enumerate(coco.images)]
     pseudo, store = [], None
     if pseudo_dir:
         store = read_store(pseudo_dir).select(["image_id", "file_name", "height", "width", "instances"])
@@ -70,14 +71,15 @@ def build_training_set(labeled_json: str, labeled_images: str, image_size: int, 
             raise FileNotFoundError(f"pseudo-label store '{pseudo_dir}' holds no shards: run the labeling pass first")
         names = store.column("file_name").to_pylist()
         ids = store.column("image_id").to_pylist()
-        pseudo = [Sample(str(Path(pseudo_images) / n), int(i), False, r) for r, (n, i) in enumerate(zip(names, ids))]
+        pseudo = [Sample(storage.resolve(pseudo_images, n), int(i), False, r)
+                  for r, (n, i) in enumerate(zip(names, ids))]
     if not labeled:
         raise ValueError(f"{labeled_json}: no labeled images to train on")
     return TrainingSet(labeled, pseudo, image_size, coco, store, coco.category_ids, score_threshold)
 
 
 def _load_image(path: str) -> torch.Tensor:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(storage.read_bytes(path))) as im:
         array = np.asarray(im.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255  # (3, H, W)
 

@@ -7,6 +7,7 @@ off and sees the same batches it would have seen (they are drawn from (seed, ite
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from sskd_ray import storage
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
@@ -48,7 +50,8 @@ def build_stage_model(config: dict) -> torch.nn.Module:
     model_cfg = _dataclass(ModelConfig, config["model"])
     model = build_model(model_cfg, config["class_names"])
     if config.get("init"):
-        model.load_state_dict(torch.load(config["init"], map_location="cpu", weights_only=True))
+        state = io.BytesIO(storage.read_bytes(config["init"]))  # a local file or a URI
+        model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
     if model_cfg.freeze:
         apply_freeze(model, model_cfg.freeze)
     return model

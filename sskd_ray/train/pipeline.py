@@ -6,19 +6,17 @@
 
 Every step leaves a DONE marker in its folder under the run directory; re-running the pipeline
 with the same run directory skips finished steps and resumes an interrupted stage from its Ray
-Train checkpoint. MLflow: one parent run per run directory, one child per stage and per
-pseudo-labeling pass.
+Train checkpoint. The run directory, the data and every file in between may be local or in
+object storage (s3://, gs://; sskd_ray.storage). MLflow: one parent run per run directory, one
+child per stage and per pseudo-labeling pass.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterator
 
-from sskd_ray import tracking
+from sskd_ray import storage, tracking
 from sskd_ray.config import Config, ConfigError, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
@@ -41,50 +39,54 @@ class PipelineData:
 
 def _absolute(dataset, image_ids: set[int]) -> dict:
     subset = subset_coco(dataset, image_ids)
-    subset["images"] = [{**im, "file_name": str(dataset.image_path(im).resolve())} for im in subset["images"]]
+    subset["images"] = [{**im, "file_name": dataset.image_path(im)} for im in subset["images"]]
     return subset
 
 
-def prepare_data(cfg: Config, run_dir: Path) -> PipelineData:
+def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
     """Built-in data generated into the run, or the configured COCO files; labeled / unlabeled split."""
     if cfg.data.source == "builtin":
         from sskd_ray.data.builtin import build_builtin_dataset
 
-        root = build_builtin_dataset(run_dir / "data", cfg.data.builtin_train_images, cfg.data.builtin_val_images,
-                                     cfg.data.builtin_image_size, cfg.data.seed, cfg.data.labeled_fraction)
-        train_json, train_images = root / "train.json", root / "images"
-        val_json, val_images = root / "val.json", root / "images"
+        root = build_builtin_dataset(storage.join(run_dir, "data"), cfg.data.builtin_train_images,
+                                     cfg.data.builtin_val_images, cfg.data.builtin_image_size, cfg.data.seed,
+                                     cfg.data.labeled_fraction)
+        train_json, train_images = storage.join(root, "train.json"), storage.join(root, "images")
+        val_json, val_images = storage.join(root, "val.json"), storage.join(root, "images")
     else:
-        train_json, train_images = Path(cfg.data.train_json), Path(cfg.data.train_images or Path(cfg.data.train_json).parent)
-        val_json, val_images = Path(cfg.data.val_json), Path(cfg.data.val_images or Path(cfg.data.val_json).parent)
+        train_json = cfg.data.train_json
+        train_images = cfg.data.train_images or storage.parent(cfg.data.train_json)
+        val_json, val_images = cfg.data.val_json, cfg.data.val_images or storage.parent(cfg.data.val_json)
+    splits = storage.join(run_dir, "splits")
     train = load_coco(train_json, train_images)
     if train.skipped:
-        print(f"data: {len(train.skipped)} training entries skipped (first: {train.skipped[0]}); see {run_dir}/splits/skipped.json")
+        print(f"data: {len(train.skipped)} training entries skipped (first: {train.skipped[0]}); "
+              f"see {splits}/skipped.json")
     if cfg.data.split_file:
         labeled, unlabeled = read_split_file(cfg.data.split_file, train.images)
     else:
         labeled, unlabeled = split_by_fraction([im["id"] for im in train.images], cfg.data.labeled_fraction, cfg.data.seed)
-    splits = run_dir / "splits"
     for name, ids in (("labeled", labeled), ("unlabeled", unlabeled)):
         part = _absolute(train, set(ids))
-        write_coco(splits / f"{name}.json", part["images"], part["annotations"], part["categories"])
-    write_split_file(splits / "labeled.txt", train.images, labeled)
-    (splits / "skipped.json").write_text(json.dumps(train.skipped, indent=1))
+        write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
+    write_split_file(storage.join(splits, "labeled.txt"), train.images, labeled)
+    storage.write_json(storage.join(splits, "skipped.json"), train.skipped, indent=1)
     val = load_coco(val_json, val_images)
     val_part = _absolute(val, {im["id"] for im in val.images})
-    write_coco(splits / "val.json", val_part["images"], val_part["annotations"], val_part["categories"])
-    return PipelineData(str(splits / "labeled.json"), str(splits / "unlabeled.json"), str(splits / "val.json"), str(splits),
-                        train.class_names, train.category_ids, len(labeled), len(unlabeled))
+    write_coco(storage.join(splits, "val.json"), val_part["images"], val_part["annotations"], val_part["categories"])
+    return PipelineData(storage.join(splits, "labeled.json"), storage.join(splits, "unlabeled.json"),
+                        storage.join(splits, "val.json"), splits, train.class_names, train.category_ids,
+                        len(labeled), len(unlabeled))
 
 
-def _check_same_config(cfg: Config, run_dir: Path) -> None:
+def _check_same_config(cfg: Config, run_dir: str) -> None:
     """A run directory belongs to one config: resuming with another would mix results silently."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    saved = storage.join(run_dir, "config.yaml")
+    if not storage.is_file(saved):
         return
     import yaml
 
-    old = yaml.safe_load(saved.read_text())
+    old = yaml.safe_load(storage.read_text(saved))
     old_flat, new_flat = flatten_config(old), flatten_config(cfg)
     differ = sorted(k for k, v in new_flat.items() if old_flat.get(k) != v and not k.startswith(("tracking.", "run_dir")))
     if differ:
@@ -93,39 +95,43 @@ def _check_same_config(cfg: Config, run_dir: Path) -> None:
 
 
 def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: str = "") -> dict:
-    return {"labeled_json": data.labeled_json, "labeled_images": str(Path(data.labeled_json).parent),
+    return {"labeled_json": data.labeled_json, "labeled_images": storage.parent(data.labeled_json),
             "val_json": data.val_json, "val_images": data.val_images, "image_size": image_size,
-            "pseudo_dir": pseudo_dir, "pseudo_images": str(Path(data.unlabeled_json).parent),
+            "pseudo_dir": pseudo_dir, "pseudo_images": storage.parent(data.unlabeled_json),
             "score_threshold": cfg.label.score_threshold}
 
 
-def stage_specs(cfg: Config, data: PipelineData, run_dir: Path) -> dict[str, StageSpec]:
+def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, StageSpec]:
     """Every training stage of the pipeline, keyed by name, with its inputs wired to earlier outputs."""
     params = flatten_config(cfg)
+
+    def at(*parts: str) -> str:
+        return storage.join(run_dir, *parts)
+
     common = dict(loss=cfg.loss, class_names=data.class_names, category_ids=data.category_ids, seed=cfg.seed,
-                  params=params, storage=str(run_dir / "ray_train"))
+                  params=params, storage=at("ray_train"))
     s = cfg.stages
     baseline = replace(s.distill, iterations=s.distill.iterations + s.refine.iterations,
                        use_pseudo_labels=False, use_contrastive=False)
     teacher_size, student_size = cfg.teacher.image_size, cfg.student.image_size
     return {
-        "teacher_finetune": StageSpec("teacher_finetune", run_dir / "teacher" / "finetune", cfg.teacher,
+        "teacher_finetune": StageSpec("teacher_finetune", at("teacher", "finetune"), cfg.teacher,
                                       s.teacher_finetune, data=_stage_data(cfg, data, teacher_size), **common),
-        "teacher_selftrain": StageSpec("teacher_selftrain", run_dir / "teacher" / "selftrain", cfg.teacher,
-                                       s.teacher_selftrain, data=_stage_data(cfg, data, teacher_size,
-                                                                             str(run_dir / "pseudo" / "finetune")),
+        "teacher_selftrain": StageSpec("teacher_selftrain", at("teacher", "selftrain"), cfg.teacher,
+                                       s.teacher_selftrain,
+                                       data=_stage_data(cfg, data, teacher_size, at("pseudo", "finetune")),
                                        **common),  # re-initialised from the pretrained teacher (no init)
-        "distill": StageSpec("distill", run_dir / "student" / "distill", cfg.student, s.distill,
-                             data=_stage_data(cfg, data, student_size, str(run_dir / "pseudo" / "adapted")), **common),
-        "refine": StageSpec("refine", run_dir / "student" / "refine", cfg.student, s.refine,
+        "distill": StageSpec("distill", at("student", "distill"), cfg.student, s.distill,
+                             data=_stage_data(cfg, data, student_size, at("pseudo", "adapted")), **common),
+        "refine": StageSpec("refine", at("student", "refine"), cfg.student, s.refine,
                             data=_stage_data(cfg, data, student_size),
-                            init=str(run_dir / "student" / "distill" / "final" / "model.pt"), **common),
-        "baseline": StageSpec("baseline", run_dir / "student" / "baseline", cfg.student, baseline,
+                            init=at("student", "distill", "final", "model.pt"), **common),
+        "baseline": StageSpec("baseline", at("student", "baseline"), cfg.student, baseline,
                               data=_stage_data(cfg, data, student_size), **common),
     }
 
 
-def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: Path, use_gpu: bool) -> dict:
+def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_gpu: bool) -> dict:
     """The teacher before adaptation (zero-shot for a VFM; ImageNet encoder + untrained head for the
     built-in one), evaluated once in a Ray task; cached in folder/metrics.json."""
     if is_done(folder):
@@ -145,23 +151,22 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: Path, use_
         metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.teacher.image_size, device=device)
         return metrics
 
-    folder.mkdir(parents=True, exist_ok=True)
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (folder / "DONE").write_text("done\n")
+    storage.write_json(storage.join(folder, "metrics.json"), metrics)
+    storage.write_text(storage.join(folder, "DONE"), "done\n")
     return metrics
 
 
-def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: Path, out: Path, parent_run_id: str, uri: str) -> dict:
+def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, parent_run_id: str, uri: str) -> dict:
     """One labeling pass over the pool with a trained teacher (skipped when finished before),
     logged as a child of `parent_run_id` in the run's MLflow store `uri`."""
     from sskd_ray.label.run import label_pool
 
     if is_done(out):
-        return json.loads((out / "summary.json").read_text())
+        return storage.read_json(storage.join(out, "summary.json"))
     cfg = replace(cfg, tracking=replace(cfg.tracking, uri=uri))
-    summary = label_pool(cfg, data.unlabeled_json, str(teacher_dir), out, parent_run_id=parent_run_id)
-    (out / "DONE").write_text("done\n")
+    summary = label_pool(cfg, data.unlabeled_json, teacher_dir, out, parent_run_id=parent_run_id)
+    storage.write_text(storage.join(out, "DONE"), "done\n")
     quality = summary.get("quality", {})
     print(f"[pseudo-label] {summary['images_labeled']} images, {summary['instances']} instances"
           + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}" if quality else "") + f" -> {out}")
@@ -175,15 +180,18 @@ ROWS = (("teacher_initial", "Teacher, before adaptation"), ("teacher_finetune", 
 
 
 @contextlib.contextmanager
-def open_run(cfg: Config, run_dir: str | Path) -> Iterator[PipelineRun]:
+def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
     """The run directory's config check, data, stage specs and MLflow parent run (reopened on resume)."""
-    run_dir = Path(run_dir).resolve()
-    _check_same_config(cfg, run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    from sskd_ray.ray_setup import check_shared_storage
+
+    run_dir = storage.normalize(run_dir)
+    check_shared_storage(run_dir)  # on a multi-node cluster, every node reads and writes here
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri, run_dir)
-    tags = {"sskd.pipeline": str(run_dir)}
+    _check_same_config(cfg, run_dir)
+    save_config(cfg, storage.join(run_dir, "config.yaml"))
+    tags = {"sskd.pipeline": run_dir}
     parent = tracking.find_run(uri, cfg.tracking.experiment, tags)
-    with tracking.start_run(uri, cfg.tracking.experiment, f"pipeline {run_dir.name}", run_id=parent, tags=tags,
+    with tracking.start_run(uri, cfg.tracking.experiment, f"pipeline {storage.name(run_dir)}", run_id=parent, tags=tags,
                             run_dir=run_dir) as parent_id:
         tracking.log_params(uri, parent_id, flatten_config(cfg))
         data = prepare_data(cfg, run_dir)
@@ -194,7 +202,7 @@ def open_run(cfg: Config, run_dir: str | Path) -> Iterator[PipelineRun]:
 @dataclass
 class PipelineRun:
     cfg: Config
-    run_dir: Path
+    run_dir: str
     data: PipelineData
     specs: dict[str, StageSpec]
     uri: str
@@ -212,34 +220,34 @@ class PipelineRun:
             self.label("teacher_selftrain", "adapted")
 
     def label(self, teacher_stage: str, out: str) -> dict:
-        return pseudo_label(self.cfg, self.data, self.specs[teacher_stage].folder / "final",
-                            self.run_dir / "pseudo" / out, self.parent_id, self.uri)
+        return pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
+                            storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
 
     def run_stage(self, name: str) -> dict:
         self.prepare_inputs(name)
         return run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
 
 
-def run_pipeline(cfg: Config, run_dir: str | Path, only: str | None = None) -> dict:
+def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
     """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs.
     Returns {stage: metrics}."""
     with open_run(cfg, run_dir) as run:
         if only:
             return {only: run.run_stage(only)}
-        results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, run.run_dir / "teacher" / "initial",
+        results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, storage.join(run.run_dir, "teacher", "initial"),
                                                                cfg.stages.teacher_finetune.use_gpu)}
         for name in ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baseline"):
             results[name] = run.run_stage(name)
-        final = run.run_dir / "student" / "final"
-        if not (final / "model.pt").is_file():
-            shutil.copytree(run.specs["refine"].folder / "final", final, dirs_exist_ok=True)
+        final = storage.join(run.run_dir, "student", "final")
+        if not storage.is_file(storage.join(final, "model.pt")):
+            storage.copy_tree(storage.join(run.specs["refine"].folder, "final"), final)
         from sskd_ray.eval.report import write_report
 
         report = write_report(run.run_dir, results, ROWS, run.specs)
         uri, parent_id = run.uri, run.parent_id
         tracking.log_metrics(uri, parent_id, {f"{name}.{k}": v for name, m in results.items()
                                               for k, v in m.items() if k in ("mask_AP", "mask_AP50")})
-        figures = [run.run_dir / name for name in ("losses.png", "predictions.png")]  # stages log their own
-        tracking.log_artifacts(uri, parent_id, [report, final / "teacher.json", *figures])
-        tracking.log_artifacts(uri, parent_id, [final / "model.pt"], artifact_path="student")
+        figures = [storage.join(run.run_dir, name) for name in ("losses.png", "predictions.png")]  # stages log theirs
+        tracking.log_artifacts(uri, parent_id, [report, storage.join(final, "teacher.json"), *figures])
+        tracking.log_artifacts(uri, parent_id, [storage.join(final, "model.pt")], artifact_path="student")
     return results

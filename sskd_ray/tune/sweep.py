@@ -6,17 +6,15 @@ teacher, pseudo-labels, and for distillation trials the adapted teacher's pseudo
 the pipeline's own code. Each trial then runs the same `run_stage` the pipeline uses, in
 `<run_dir>/trials/<key>/`, and reports its metrics to Tune. Re-running the same command restores
 the Tune experiment: finished trials are not run again (and each trial's stages also skip when
-their folder says DONE).
+their folder says DONE). The sweep directory may be local or a URI (s3://, gs://), like a run's.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
-from sskd_ray import tracking
+from sskd_ray import storage, tracking
 from sskd_ray.config import Config, flatten_config, load_config
 from sskd_ray.train.pipeline import PipelineData, PipelineRun, open_run, pseudo_label, stage_specs
 from sskd_ray.train.stages import run_stage
@@ -28,19 +26,19 @@ def _trial_config(files: list[str], overrides: list[str], trial: dict) -> Config
     return load_config(files, list(overrides) + as_overrides(trial["overrides"]))
 
 
-def run_trial_stages(base: PipelineRun, cfg: Config, trial: dict, stages: list[str], sweep_dir: Path,
+def run_trial_stages(base: PipelineRun, cfg: Config, trial: dict, stages: list[str], sweep_dir: str,
                      parent_id: str, callbacks: list | None = None) -> dict:
     """Run the trial's stages (chained when two), each through the pipeline's stage runner."""
-    folder = sweep_dir / "trials" / trial["key"]
+    folder = storage.join(sweep_dir, "trials", trial["key"])
     specs = stage_specs(cfg, base.data, base.run_dir)  # inputs (pseudo-labels) come from the base run
     results = {}
     for name in stages:
-        spec = replace(specs[name], name=f"{name}-{trial['key']}", folder=folder / name,
-                       storage=str(sweep_dir / "ray_train"), params=flatten_config(cfg))
+        spec = replace(specs[name], name=f"{name}-{trial['key']}", folder=storage.join(folder, name),
+                       storage=storage.join(sweep_dir, "ray_train"), params=flatten_config(cfg))
         if name == "distill" and "teacher_selftrain" in stages:  # chained: this trial's teacher labels the pool
-            pseudo_label(cfg, base.data, folder / "teacher_selftrain" / "final", folder / "pseudo", parent_id,
-                         base.uri)
-            spec = replace(spec, data={**spec.data, "pseudo_dir": str(folder / "pseudo")})
+            pseudo_label(cfg, base.data, storage.join(folder, "teacher_selftrain", "final"),
+                         storage.join(folder, "pseudo"), parent_id, base.uri)
+            spec = replace(spec, data={**spec.data, "pseudo_dir": storage.join(folder, "pseudo")})
         results[name] = run_stage(spec, base.uri, cfg.tracking.experiment, parent_id,
                                   tags={"sskd.trial": trial["key"]}, callbacks=callbacks)
     return results
@@ -52,26 +50,26 @@ def _trainable(files: list[str], overrides: list[str], stages: list[str], sweep_
         import ray.tune
 
         trial = config["trial"]
-        path = Path(sweep_dir) / "trials" / trial["key"] / "result.json"
-        if path.is_file():  # finished in an earlier attempt whose Tune state was not saved in time
-            ray.tune.report({k: v for k, v in json.loads(path.read_text()).items() if k.startswith(("teacher_", "student_"))})
+        path = storage.join(sweep_dir, "trials", trial["key"], "result.json")
+        if storage.is_file(path):  # finished in an earlier attempt whose Tune state was not saved in time
+            ray.tune.report({k: v for k, v in storage.read_json(path).items() if k.startswith(("teacher_", "student_"))})
             return
         cfg = _trial_config(files, overrides, trial)
-        base = _base_run(load_config(files, overrides), Path(base_dir), uri)
-        results = run_trial_stages(base, cfg, trial, stages, Path(sweep_dir), parent_id)
+        base = _base_run(load_config(files, overrides), base_dir, uri)
+        results = run_trial_stages(base, cfg, trial, stages, sweep_dir, parent_id)
         report = {"trial_key": trial["key"]}
         for name, metrics in results.items():
             role = "teacher" if name.startswith("teacher") else "student"
             report.update({f"{role}_{k}": metrics.get(k) for k in ("mask_AP", "mask_AP50")})
-        path.write_text(json.dumps({**trial, **report}, indent=2))
+        storage.write_json(path, {**trial, **report})
         ray.tune.report(report)
 
     return trainable
 
 
-def _base_run(cfg: Config, base_dir: Path, uri: str) -> PipelineRun:
+def _base_run(cfg: Config, base_dir: str, uri: str) -> PipelineRun:
     """The base run's data and specs, without reopening MLflow (inside trials)."""
-    data = PipelineData(**json.loads((base_dir / "splits" / "data.json").read_text()))
+    data = PipelineData(**storage.read_json(storage.join(base_dir, "splits", "data.json")))
     return PipelineRun(cfg, base_dir, data, stage_specs(cfg, data, base_dir), uri, "")
 
 
@@ -92,48 +90,48 @@ def max_concurrent_trials(cfg: Config, stages: list[str]) -> int:
     return max(1, int(cpus // (widest.num_workers * widest.cpus_per_worker)))
 
 
-def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: str | Path,
+def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: str,
               max_concurrent: int = 0) -> dict:
     import ray.tune
 
-    run_dir = Path(run_dir).resolve()
+    run_dir = storage.normalize(run_dir)
     base_cfg = load_config(files, overrides)
     space = load_space(space_path, files)
     trials = expand_trials(space, flatten_config(base_cfg))
     start = time.perf_counter()
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, run_dir)
     base_cfg = replace(base_cfg, tracking=replace(base_cfg.tracking, uri=uri))
-    with open_run(base_cfg, run_dir / "base") as base:
+    with open_run(base_cfg, storage.join(run_dir, "base")) as base:
         base.prepare_inputs(space.stages[0])
-        (base.run_dir / "splits" / "data.json").write_text(json.dumps(dataclasses.asdict(base.data)))
-        tags = {"sskd.sweep": str(run_dir)}
+        storage.write_json(storage.join(base.run_dir, "splits", "data.json"), dataclasses.asdict(base.data))
+        tags = {"sskd.sweep": run_dir}
         sweep_id = tracking.find_run(uri, base_cfg.tracking.experiment, tags)
         with tracking.start_run(uri, base_cfg.tracking.experiment, f"sweep {space.path.stem}", run_id=sweep_id,
                                 tags=tags, run_dir=run_dir) as parent_id:
             tracking.log_params(uri, parent_id, {"space": str(space.path), "trials": len(trials),
                                                  "stages": ",".join(space.stages)})
             print(f"sweep {space.path.name}: {len(trials)} trials of {'+'.join(space.stages)}")
-            fn = ray.tune.with_resources(_trainable(files, overrides, space.stages, str(run_dir), str(base.run_dir),
+            fn = ray.tune.with_resources(_trainable(files, overrides, space.stages, run_dir, base.run_dir,
                                                     uri, parent_id), {"CPU": 0.01})
-            storage, name = str(run_dir / "tune"), "sweep"
-            exp_path = Path(storage) / name
-            if ray.tune.Tuner.can_restore(str(exp_path)):
+            tune_storage, name = storage.join(run_dir, "tune"), "sweep"
+            exp_path = storage.join(tune_storage, name)
+            if ray.tune.Tuner.can_restore(exp_path):
                 print(f"resuming the sweep in {exp_path}: finished trials are kept")
-                tuner = ray.tune.Tuner.restore(str(exp_path), trainable=fn, resume_errored=True)
+                tuner = ray.tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
             else:
                 tuner = ray.tune.Tuner(
                     fn, param_space={"trial": ray.tune.grid_search([t.as_dict() for t in trials])},
                     tune_config=ray.tune.TuneConfig(metric=f"{'teacher' if space.stages[-1].startswith('teacher') else 'student'}_{space.metric}",
                                                     mode="max", max_concurrent_trials=max_concurrent or max_concurrent_trials(base_cfg, space.stages)),
-                    run_config=ray.tune.RunConfig(name=name, storage_path=storage))
+                    run_config=ray.tune.RunConfig(name=name, storage_path=tune_storage))
             grid = tuner.fit()
             errors = [str(r.error) for r in grid if r.error]
             paths = write_tables(space, trials, base_cfg, run_dir)
             tracking.log_artifacts(uri, parent_id, paths)
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0][:2000]}")
-    print(f"sweep finished in {time.perf_counter() - start:.0f} s: {run_dir / 'sensitivity.md'}")
-    return {"trials": len(trials), "tables": [str(p) for p in paths]}
+    print(f"sweep finished in {time.perf_counter() - start:.0f} s: {storage.join(run_dir, 'sensitivity.md')}")
+    return {"trials": len(trials), "tables": paths}
 
 
 __all__ = ["run_sweep", "run_trial_stages", "Trial"]

@@ -3,19 +3,20 @@ mask AP/AP50, columns the factor's values, cells mean ± std over seeds; CSV, Ma
 from __future__ import annotations
 
 import csv
-import json
-from pathlib import Path
+import io
 
 import numpy as np
 
+from sskd_ray import storage
 from sskd_ray.config import Config, flatten_config
 from sskd_ray.tune.spaces import SweepSpace, Trial, trial_for
 
 ROWS = (("teacher", "mask_AP"), ("teacher", "mask_AP50"), ("student", "mask_AP"), ("student", "mask_AP50"))
 
 
-def _results(run_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in (run_dir / "trials").glob("*/result.json")}
+def _results(run_dir: str) -> dict[str, dict]:
+    found = storage.list_files(storage.join(run_dir, "trials"), "result.json", recursive=True)
+    return {storage.name(storage.parent(p)): storage.read_json(p) for p in found}
 
 
 def _cell(values: list[float]) -> tuple[float | None, float | None, int]:
@@ -69,11 +70,13 @@ def _search_markdown(space: SweepSpace, trials: list[Trial], results: dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def _plot(factor: str, values: list, rows: list[dict], path: Path) -> Path:
+def _plot(factor: str, values: list, rows: list[dict], path: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from sskd_ray.eval.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     xs = list(range(len(values)))
@@ -92,28 +95,26 @@ def _plot(factor: str, values: list, rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def write_tables(space: SweepSpace, trials: list[Trial], base_cfg: Config, run_dir: Path) -> list[Path]:
+def write_tables(space: SweepSpace, trials: list[Trial], base_cfg: Config, run_dir: str) -> list[str]:
     """-> the files written: sensitivity.csv / .md (+ one PNG per factor), or search.md."""
     results = _results(run_dir)
     if space.search:
-        path = run_dir / "search.md"
-        path.write_text(_search_markdown(space, trials, results))
-        print(path.read_text())
-        return [path]
+        text = _search_markdown(space, trials, results)
+        print(text)
+        return [storage.write_text(storage.join(run_dir, "search.md"), text)]
     rows = sensitivity_rows(space, flatten_config(base_cfg), results)
-    csv_path, md_path = run_dir / "sensitivity.csv", run_dir / "sensitivity.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["factor", "value", "role", "metric", "mean", "std", "n"])
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, ["factor", "value", "role", "metric", "mean", "std", "n"])
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = storage.write_text(storage.join(run_dir, "sensitivity.csv"), table.getvalue())
     text = _markdown(space, rows)
-    plots = [_plot(f, v, rows, run_dir / f"sensitivity_{f.split('.')[-1]}.png") for f, v in space.factors.items()]
-    text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
-    md_path.write_text(text)
+    names = {f: f"sensitivity_{f.split('.')[-1]}" for f in space.factors}
+    plots = [_plot(f, v, rows, storage.join(run_dir, f"{names[f]}.png")) for f, v in space.factors.items()]
+    text += "\n" + "\n".join(f"![{name}]({name}.png)" for name in names.values()) + "\n"
+    md_path = storage.write_text(storage.join(run_dir, "sensitivity.md"), text)
     print(text)
     return [csv_path, md_path, *plots]
