@@ -23,6 +23,8 @@ def test_location_strings_by_hand(tmp_path):
     assert storage.relative_to("s3://b/runs/x/student/final", "s3://b/runs/x") == "student/final"
     with pytest.raises(ValueError, match="not under"):
         storage.relative_to("s3://b/other", "s3://b/runs")
+    fs, inner = storage.filesystem("gs://some-bucket/runs/x")  # GCS: pyarrow's own client, same code path
+    assert type(fs).__name__ == "GcsFileSystem" and inner == "some-bucket/runs/x"
 
 
 def test_local_round_trip_is_whole_file_and_lists_by_pattern(tmp_path):
