@@ -137,12 +137,6 @@ def read_json(location: str | os.PathLike) -> Any:
     return json.loads(read_bytes(location))
 
 
-def makedirs(location: str | os.PathLike) -> str:
-    fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
-    return normalize(location)
-
-
 def write_bytes(location: str | os.PathLike, data: bytes) -> str:
     """Write a whole file; readers never see part of it (see the module doc)."""
     fs, path = filesystem(location)
