@@ -62,6 +62,9 @@ class ModelConfig:
     # parameter-name prefixes kept frozen in training, e.g. ["encoder"] or, for the VFM teacher,
     # ["detector.model.backbone", "segmenter.vision_encoder"]; a prefix matching nothing is an error
     freeze: list[str] = field(default_factory=list)
+    # CNN encoders (EfficientNet, ResNet): BatchNorm layers use their pretrained statistics and affine
+    # terms, never updated (for small per-GPU batches)
+    frozen_batchnorm: bool = False
 
 
 @dataclass

@@ -134,14 +134,21 @@ def test_postprocess_to_coco():
 
 
 def test_param_groups_give_the_backbone_its_own_lr_and_skip_decay_on_norms():
-    from sskd_ray.models.freeze import param_groups
+    from sskd_ray.models.freeze import no_decay_names, param_groups
 
     model = build_model(tiny_model_config(ModelConfig()), NAMES)
     groups = param_groups(model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05)
+    named = dict(model.named_parameters())
+    no_decay = {id(named[n]) for n in no_decay_names(model)}
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     for g in groups:
         is_backbone = {id(p) in encoder_ids for p in g["params"]}
         assert len(is_backbone) == 1
         assert g["lr"] == pytest.approx(1e-4 if is_backbone.pop() else 1e-3)
-        assert g["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in g["params"]) else 0.05)
+        assert g["weight_decay"] == (0.0 if all(id(p) in no_decay for p in g["params"]) else 0.05)
+    # learned queries and the level embedding are 2-D but decay-free; linear weights decay
+    decoder = model.decoder
+    for p in (decoder.query_feat.weight, decoder.query_pos.weight, decoder.level_embed.weight):
+        assert id(p) in no_decay
+    assert id(decoder.class_head.weight) not in no_decay and id(decoder.class_head.bias) in no_decay

@@ -125,9 +125,44 @@ def test_objective_without_pool_terms(smoke_run):
     values = {k: float(v.detach()) for k, v in terms.items()}
     assert values["loss_pl"] == 0.0 and values["loss_con"] == 0.0
     assert values["loss"] == pytest.approx(values["loss_sup"])
-    terms["loss"].backward()  # the unused embedding head is still in the graph, with zero gradient
-    assert model.embed_head.net[0].weight.grad is not None
-    assert float(model.embed_head.net[0].weight.grad.abs().sum()) == 0.0
+    terms["loss"].backward()  # the unused embedding head gets no gradient (DDP: find_unused_parameters)
+    assert model.embed_head.net[0].weight.grad is None
+    assert model.decoder.class_head.weight.grad.abs().sum() > 0
+
+
+def test_an_unused_output_holds_no_graph(smoke_run):
+    """The old `0 * outputs.sum()` kept every output's graph alive (at full size, gigabytes of
+    activations): an output no term reads must be freed once the forward returns."""
+    import gc
+    import weakref
+
+    cfg, _, data = smoke_run
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.student, image_size=32), list(CLASS_NAMES))
+    seen = []
+    model.embed_head.register_forward_hook(lambda module, args, output: seen.append(weakref.ref(output)))
+    batch = _objective_inputs(data)
+    terms = Objective(model, LossConfig(num_points=64), use_pseudo_labels=True, use_contrastive=False)(
+        batch.weak, batch.strong, batch.crop_boxes, batch.strong_flipped, batch.targets, batch.labeled, (1.0, 1.0))
+    gc.collect()
+    assert len(seen) == 1 and seen[0]() is None  # the embeddings died with the forward
+    assert terms["loss"].requires_grad
+
+
+def test_a_step_with_no_term_still_backpropagates(smoke_run):
+    """Only pseudo-labeled images but no pseudo-label term (refinement fed a pool image): every term is
+    0, yet backward() runs (DDP needs it every step) and no parameter moves."""
+    cfg, _, data = smoke_run
+    torch.manual_seed(0)
+    model = build_model(replace(cfg.student, image_size=32), list(CLASS_NAMES))
+    batch = _objective_inputs(data)
+    batch.labeled = torch.tensor([False, False])
+    terms = Objective(model, LossConfig(num_points=64), use_pseudo_labels=False, use_contrastive=False)(
+        batch.weak, batch.strong, batch.crop_boxes, batch.strong_flipped, batch.targets, batch.labeled, (1.0, 1.0))
+    assert float(terms["loss"].detach()) == 0.0
+    terms["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == 1 and float(grads[0].abs().sum()) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from sskd_ray.config import ModelConfig
@@ -84,11 +85,17 @@ def build_hiera_encoder(cfg: ModelConfig) -> HieraEncoder:
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:
     if cfg.encoder.startswith("efficientnet_lite"):
-        return EfficientNetEncoder(cfg.encoder, pretrained=cfg.pretrained == "builtin" and cfg.preset != "tiny")
-    builders = {"dinov2": build_dinov2_encoder, "resnet50": build_resnet_encoder, "sam2_hiera": build_hiera_encoder}
-    if cfg.encoder not in builders:
-        raise ValueError(f"encoder '{cfg.encoder}' is not one of {sorted(builders) + ['efficientnet_lite0/1/2']}")
-    return builders[cfg.encoder](cfg)
+        encoder = EfficientNetEncoder(cfg.encoder, pretrained=cfg.pretrained == "builtin" and cfg.preset != "tiny")
+    else:
+        builders = {"dinov2": build_dinov2_encoder, "resnet50": build_resnet_encoder, "sam2_hiera": build_hiera_encoder}
+        if cfg.encoder not in builders:
+            raise ValueError(f"encoder '{cfg.encoder}' is not one of {sorted(builders) + ['efficientnet_lite0/1/2']}")
+        encoder = builders[cfg.encoder](cfg)
+    if cfg.frozen_batchnorm:
+        # a few images per GPU give BatchNorm statistics too noisy to train on (detectron2's default for
+        # detection backbones): keep the pretrained statistics and affine terms fixed
+        encoder = freeze_batch_norm_2d(encoder)
+    return encoder
 
 
 def build_neck(cfg: ModelConfig, in_channels: list[int]) -> nn.Module:

@@ -37,7 +37,10 @@ class EfficientNetEncoder(nn.Module):
 
 
 class Dinov2Encoder(nn.Module):
-    """DINOv2 ViT; the hidden states of 4 layers reshaped to maps at the patch stride (14)."""
+    """DINOv2 ViT; the hidden states of 4 layers, each through the model's final LayerNorm (as
+    transformers' `Dinov2Backbone` with `apply_layernorm` and DPT / Depth-Anything do: the raw
+    residual stream has a scale the neck was never meant to see), reshaped to maps at the patch
+    stride (14)."""
 
     def __init__(self, model: nn.Module, out_layers: tuple[int, ...]):
         super().__init__()
@@ -57,7 +60,7 @@ class Dinov2Encoder(nn.Module):
         states = self.vit(images, output_hidden_states=True).hidden_states
         maps = []
         for layer in self.out_layers:
-            tokens = states[layer][:, self.num_prefix:]  # (B, gh*gw, C)
+            tokens = self.vit.layernorm(states[layer])[:, self.num_prefix:]  # (B, gh*gw, C)
             maps.append(tokens.transpose(1, 2).reshape(b, -1, gh, gw))
         return maps
 

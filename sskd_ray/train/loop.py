@@ -129,7 +129,8 @@ def train_loop_per_worker(config: dict) -> None:
     ts.skipped.update(skipped)
     pseudo_share = data.get("pseudo_share", 0.5) if stage.use_pseudo_labels else 0.0
     amp = device.type == "cuda" and config.get("amp", True)
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    # negative sampling draws on the training device: a CPU generator cannot fill CUDA tensors
+    generator = torch.Generator(device=device).manual_seed(config["seed"] * 1000 + rank)
     log_every = max(1, int(config.get("log_every", 10)))
     window: dict[str, list[float]] = {}
     tracking = config.get("tracking") or {}

@@ -28,8 +28,10 @@ def select(out: SegOutput, index: torch.Tensor) -> SegOutput:
 
 
 def instance_ids(targets: list[dict], size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) long: 0 background, else an id unique across the batch (later instances on top)."""
-    out = torch.zeros(len(targets), *size, dtype=torch.long)
+    """(B, h, w) long on the masks' device: 0 background, else an id unique across the batch (later
+    instances on top)."""
+    device = targets[0]["masks"].device if targets else torch.device("cpu")
+    out = torch.zeros(len(targets), *size, dtype=torch.long, device=device)
     next_id = 1
     for b, t in enumerate(targets):
         if len(t["masks"]) == 0:
@@ -52,42 +54,46 @@ class Objective(nn.Module):
                             oversample_ratio=loss.oversample_ratio, importance_ratio=loss.importance_ratio)
         self.bank = MemoryBank(loss.memory_bank_size) if loss.negative_scope == "memory_bank" else None
 
-    def _supervised(self, images: torch.Tensor, out: SegOutput | None, targets: list[dict],
-                    num_masks: float) -> torch.Tensor:
-        if hasattr(self.model, "adaptation_loss"):  # the VFM teacher trains with its own heads' losses
-            return sum(self.model.adaptation_loss(images, targets).values())
-        return set_loss(out, targets, num_masks, **self.weights)["loss"]
+    def _graph_zero(self) -> torch.Tensor:
+        """A 0 joined to the graph through one scalar of one trainable parameter, for a step in which no
+        term has a graph (backward() and DDP's reducer still run). It holds no activation: unlike
+        `0 * outputs.sum()`, it keeps nothing of the forward alive. Parameters no term reaches get no
+        gradient; DDP's find_unused_parameters (loop.py) marks them ready."""
+        p = next(p for p in self.model.parameters() if p.requires_grad)
+        return p.reshape(-1)[0] * 0.0
 
     def forward(self, weak: torch.Tensor, strong: torch.Tensor, crop_boxes: torch.Tensor, strong_flipped: torch.Tensor,
                 targets: list[dict], labeled: torch.Tensor, num_masks: tuple[float, float],
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         b = weak.shape[0]
-        own_loss = hasattr(self.model, "adaptation_loss")  # the VFM teacher: its own heads' losses
-        out = out_w = None
-        if self.use_contrastive or not own_loss:  # the VFM teacher's forward only feeds L_con
-            images = torch.cat([weak, strong]) if self.use_contrastive else weak
+        lab = labeled.nonzero(as_tuple=True)[0].to(weak.device)
+        pl = (~labeled).nonzero(as_tuple=True)[0].to(weak.device) if self.use_pseudo_labels else lab[:0]
+        # one forward per image per step: weak (+ strong for L_con) go through the model together
+        images = torch.cat([weak, strong]) if self.use_contrastive else weak
+        zero = weak.new_zeros((), dtype=torch.float32)  # no graph
+        terms = {"loss_sup": zero, "loss_pl": zero, "loss_con": zero}
+        if hasattr(self.model, "forward_train"):  # the VFM teacher: its own heads' losses, same forward
+            groups = {name: (idx, [targets[i] for i in idx.tolist()]) for name, idx in (("sup", lab), ("pl", pl))
+                      if len(idx)}
+            out, losses = self.model.forward_train(images, groups, need_output=self.use_contrastive)
+            for name, key in (("sup", "loss_sup"), ("pl", "loss_pl")):
+                if name in losses:
+                    terms[key] = sum(losses[name].values())
+        else:
             out = self.model(images)
             out_w = select(out, torch.arange(b, device=weak.device)) if self.use_contrastive else out
-        # 0 * every output: each term is a tensor in the graph, and a head whose term is off gets a
-        # zero gradient rather than none (DDP also runs with find_unused_parameters, see loop.py)
-        zero = (out.mask_logits.sum() + out.class_logits.sum() + out.embeddings.sum()) * 0.0 if out is not None \
-            else weak.new_zeros(())
-        terms = {"loss_sup": zero, "loss_pl": zero, "loss_con": zero}
-        lab = labeled.nonzero(as_tuple=True)[0].to(weak.device)
-        if len(lab):
-            terms["loss_sup"] = self._supervised(weak[lab], select(out_w, lab) if out_w is not None else None,
-                                                 [targets[i] for i in lab.tolist()], num_masks[0])
-        pl = (~labeled).nonzero(as_tuple=True)[0].to(weak.device)
-        if self.use_pseudo_labels and len(pl):
-            terms["loss_pl"] = self._supervised(weak[pl], select(out_w, pl) if out_w is not None else None,
-                                                [targets[i] for i in pl.tolist()], num_masks[1])
+            for idx, key, count in ((lab, "loss_sup", num_masks[0]), (pl, "loss_pl", num_masks[1])):
+                if len(idx):
+                    terms[key] = set_loss(select(out_w, idx), [targets[i] for i in idx.tolist()], count,
+                                          **self.weights)["loss"]
         diagnostics = {}
         if self.use_contrastive:
-            strong_emb = out.embeddings[b:]
-            terms["loss_con"], diagnostics = self._contrastive(out_w, strong_emb, crop_boxes, strong_flipped, targets,
-                                                               labeled, generator)
-        terms["loss"] = (terms["loss_sup"] + self.cfg.pseudo_label_weight * terms["loss_pl"]
-                         + self.cfg.contrastive_weight * terms["loss_con"] + zero)
+            out_w = select(out, torch.arange(b, device=weak.device))
+            terms["loss_con"], diagnostics = self._contrastive(out_w, out.embeddings[b:], crop_boxes, strong_flipped,
+                                                               targets, labeled, generator)
+        total = (terms["loss_sup"] + self.cfg.pseudo_label_weight * terms["loss_pl"]
+                 + self.cfg.contrastive_weight * terms["loss_con"])
+        terms["loss"] = total if total.requires_grad else total + self._graph_zero()
         return {**terms, **diagnostics}
 
     def _contrastive(self, out_w: SegOutput, strong_emb: torch.Tensor, crop_boxes: torch.Tensor,
@@ -115,7 +121,8 @@ class Objective(nn.Module):
             cand_q = torch.cat([qhat, self.bank.qhat.to(qhat)])
         anchor_rows = torch.arange(len(keep), device=keep.device)
         if len(keep) > cfg.max_anchors:  # bound the cost: a uniform subset of anchors per step
-            anchor_rows = torch.randperm(len(keep), generator=generator)[:cfg.max_anchors].to(keep.device)
+            device = generator.device if generator is not None else keep.device  # draw where the generator lives
+            anchor_rows = torch.randperm(len(keep), generator=generator, device=device)[:cfg.max_anchors].to(keep.device)
         if cfg.sampler == "uniform":
             neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device)
         else:
@@ -134,7 +141,7 @@ class Objective(nn.Module):
                      banked: int, targets: list[dict], labeled: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """False-negative rate and instance margin, measured against ground truth (labeled images only)."""
         ids = instance_ids(targets, size)  # (B, h, w)
-        ids[~labeled.cpu()] = 0  # pseudo-labels are not ground truth
+        ids[~labeled.to(ids.device)] = 0  # pseudo-labels are not ground truth
         flat = ids.reshape(-1).to(keep.device)
         # bank entries (after the batch's own pixels) carry no instance id: never counted as same-instance
         cand_ids = torch.cat([flat[keep], flat.new_full((banked,), -1)])
