@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-gpu bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# On a CUDA machine: the tests that need a GPU (the CUDA variants of the device-parametrized tests, Ray
+# Data with a GPU actor, a Ray Train stage with use_gpu). On a CPU machine they all skip ("needs CUDA").
+test-gpu: $(STAMP)
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m gpu -rs $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/contrastive_memory.py

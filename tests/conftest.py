@@ -1,10 +1,23 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+# Tests that run on any device take the `device` fixture: a CPU variant (run everywhere, so CI runs the
+# code path) and a CUDA variant, marked `gpu`, that skips with "needs CUDA" on a machine without one.
+DEVICE_PARAMS = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, needs_cuda])]
+
+
+@pytest.fixture(params=DEVICE_PARAMS)
+def device(request) -> torch.device:
+    return torch.device(request.param)
 
 
 @pytest.fixture(scope="session")
