@@ -53,3 +53,12 @@ def test_agrees_with_pycocotools_on_a_perturbed_set(builtin_dir):
     assert abs(ours["mask_AP"] - 100 * ev.stats[0]) < 1e-9
     assert abs(ours["mask_AP50"] - 100 * ev.stats[1]) < 1e-9
     assert 0 < ours["mask_AP"] < 100
+
+
+def test_class_agnostic_ap_ignores_the_class(builtin_dir):
+    """Perfect masks with every class wrong: per-class AP 0, class-agnostic AP 100."""
+    gt = json.loads((builtin_dir / "val.json").read_text())
+    preds = [{**p, "category_id": p["category_id"] % 10 + 1} for p in _gt_as_predictions(gt)]
+    result = evaluate_masks(builtin_dir / "val.json", preds)
+    assert result["mask_AP"] == 0.0
+    assert result["mask_AP_agnostic"] == pytest.approx(100.0) and result["mask_AP50_agnostic"] == pytest.approx(100.0)

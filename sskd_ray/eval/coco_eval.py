@@ -38,7 +38,8 @@ def evaluate_masks(coco_gt: str | Path | dict | COCO, predictions: list[dict[str
     """Mask AP of `predictions` (COCO result dicts with RLE `segmentation`) against `coco_gt`.
 
     Returns `mask_AP`, `mask_AP50`, `mask_AP75`, `mask_APs/m/l` (0-100; None where the area range
-    has no ground truth) and `per_class_AP` ({category name: AP}). Predictions for images not in `coco_gt` are ignored; no predictions give 0.
+    has no ground truth), `per_class_AP` ({category name: AP}) and the class-agnostic
+    `mask_AP_agnostic` / `mask_AP50_agnostic`. Predictions for images not in `coco_gt` are ignored; no predictions give 0.
     """
     gt = _as_coco(coco_gt)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
@@ -52,15 +53,14 @@ def evaluate_masks(coco_gt: str | Path | dict | COCO, predictions: list[dict[str
             seg["counts"] = seg["counts"].encode("ascii")
         preds.append({**p, "segmentation": seg})
     zero = {"mask_AP": 0.0, "mask_AP50": 0.0, "mask_AP75": 0.0, "mask_APs": 0.0, "mask_APm": 0.0,
-            "mask_APl": 0.0, "per_class_AP": {n: 0.0 for n in names.values()}, "num_predictions": 0}
+            "mask_APl": 0.0, "per_class_AP": {n: 0.0 for n in names.values()}, "mask_AP_agnostic": 0.0,
+            "mask_AP50_agnostic": 0.0, "num_predictions": 0}
     if not preds or not gt.dataset["annotations"]:
         return zero
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(preds)
-        ev = COCOeval(gt, dt, iouType="segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+        ev = _run_cocoeval(gt, dt, use_categories=True)
+        agnostic = _run_cocoeval(gt, dt, use_categories=False)
     # pycocotools writes -1 where a value is undefined (e.g. no large objects): report None there
     stats = [float(s) * 100 if s >= 0 else None for s in ev.stats[:6]]
     # precision: [T iou, R recall, K classes, A areas, M maxDets]; area "all", maxDets 100
@@ -71,4 +71,16 @@ def evaluate_masks(coco_gt: str | Path | dict | COCO, predictions: list[dict[str
         per_class[names[cat_id]] = float(np.mean(p[p > -1]) * 100) if (p > -1).any() else 0.0
     return {"mask_AP": stats[0], "mask_AP50": stats[1], "mask_AP75": stats[2], "mask_APs": stats[3],
             "mask_APm": stats[4], "mask_APl": stats[5], "per_class_AP": per_class,
+            "mask_AP_agnostic": float(agnostic.stats[0]) * 100, "mask_AP50_agnostic": float(agnostic.stats[1]) * 100,
             "num_predictions": len(preds)}
+
+
+def _run_cocoeval(gt: COCO, dt: COCO, use_categories: bool) -> COCOeval:
+    """COCOeval on masks; `use_categories=False` is class-agnostic AP (a mask matches any ground-truth
+    instance whatever its class): how well instances are found and delineated, apart from naming them."""
+    ev = COCOeval(gt, dt, iouType="segm")
+    ev.params.useCats = int(use_categories)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev
