@@ -13,13 +13,15 @@ def _fmt(value) -> str:
 
 
 def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) -> str:
-    """Markdown table: one row per model, mask AP and AP50 on the val split."""
-    lines = ["| model | mask AP | mask AP50 | iterations | wall (s) |", "|---|---:|---:|---:|---:|"]
+    """Markdown table: one row per model, mask AP and AP50 on the val split, per class and class-agnostic."""
+    lines = ["| model | mask AP | mask AP50 | class-agnostic AP | class-agnostic AP50 | iterations | wall (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for key, label in rows:
         m = results.get(key)
         if m is None:
             continue
         lines.append(f"| {label} | {_fmt(m.get('mask_AP'))} | {_fmt(m.get('mask_AP50'))} | "
+                     f"{_fmt(m.get('mask_AP_agnostic'))} | {_fmt(m.get('mask_AP50_agnostic'))} | "
                      f"{m.get('iterations', '-')} | {m.get('wall_seconds', '-')} |")
     return "\n".join(lines)
 
