@@ -45,12 +45,43 @@ def test_set_loss_prefers_the_right_prediction_and_handles_empty_images():
     good = set_loss(_output(good_masks.clone().requires_grad_(), good_classes), target, num_points=256)
     assert good["loss"] < 0.1 * bad["loss"]
     assert set(good) == {"loss_class", "loss_mask", "loss_dice", "loss"}
-    # an image with no instances: all queries should say "no object"; mask terms are zero but connected
+    # an image with no instances: all queries should say "no object"; mask terms are zero and keep no graph
     logits = torch.zeros(1, 2, 16, 16, requires_grad=True)
-    empty = set_loss(_output(logits, torch.zeros(1, 2, 3, requires_grad=True)),
+    classes = torch.zeros(1, 2, 3, requires_grad=True)
+    empty = set_loss(_output(logits, classes),
                      [{"labels": torch.zeros(0, dtype=torch.long), "masks": gt[:0]}], num_points=64)
     assert empty["loss_mask"].item() == 0.0 and empty["loss_dice"].item() == 0.0
     # CE over 3 equal logits with target no-object: log 3, weighted 2, counted for final + 1 aux layer
     assert torch.allclose(empty["loss_class"], torch.tensor(2 * 2 * torch.log(torch.tensor(3.0)).item()))
     empty["loss"].backward()
-    assert logits.grad is not None
+    assert logits.grad is None and classes.grad is not None
+
+
+def test_matching_cost_and_point_losses_stay_fp32_under_bf16_autocast(device):
+    """Inside bf16 autocast (the GPU training setting) the matching cost and the point-sampled mask
+    losses are computed in fp32 and equal the fp32 values; bf16 would round them by ~1e-2."""
+    from sskd_ray.losses.matcher import match_cost
+
+    torch.manual_seed(0)
+    gt = _two_squares().to(device)
+    mask_logits = torch.randn(5, 16, 16, device=device)
+    class_logits = torch.randn(5, 4, device=device)
+    labels = torch.tensor([1, 2], device=device)
+    plain = match_cost(class_logits, mask_logits, labels, gt, 256, generator=torch.Generator(device).manual_seed(0))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        mixed = match_cost(class_logits.bfloat16(), mask_logits.bfloat16(), labels, gt, 256,
+                           generator=torch.Generator(device).manual_seed(0))
+    assert mixed.dtype == torch.float32
+    # inputs arrive in bf16 (rounded once); the arithmetic after that is fp32
+    reference = match_cost(class_logits.bfloat16().float(), mask_logits.bfloat16().float(), labels, gt, 256,
+                           generator=torch.Generator(device).manual_seed(0))
+    torch.testing.assert_close(mixed, reference)
+    assert (plain - mixed).abs().max() < 0.05
+    out = SegOutput(mask_logits[None].bfloat16().requires_grad_(), class_logits[None].bfloat16(),
+                    torch.zeros(1, 2, 4, 4, device=device))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        terms = set_loss(out, [{"labels": labels, "masks": gt}], num_points=256)
+    assert terms["loss_mask"].dtype == torch.float32 and terms["loss_dice"].dtype == torch.float32
+    q, g = __import__("sskd_ray.losses.matcher", fromlist=["hungarian_match"]).hungarian_match(
+        class_logits, mask_logits, labels, gt, 256)
+    assert q.device.type == device.type and g.device.type == device.type

@@ -27,19 +27,33 @@ def pairwise_dice(pred_logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def match_cost(class_logits: torch.Tensor, mask_logits: torch.Tensor, gt_labels: torch.Tensor, gt_masks: torch.Tensor,
+               num_points: int = 12544, class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """(Q, G) float32 matching cost. Computed in fp32 with autocast off, as Mask2Former does: in bf16
+    the BCE / Dice sums over thousands of points round enough to flip the assignment."""
+    device = mask_logits.device
+    with torch.autocast(device.type, enabled=False):
+        prob = class_logits.float().softmax(-1)[:, gt_labels.to(device)]  # (Q, G)
+        coords = torch.rand(1, num_points, 2, device=device, generator=generator)
+        pred = point_sample(mask_logits.float(), coords.expand(mask_logits.shape[0], -1, -1))  # (Q, P)
+        gt = point_sample(gt_masks.to(device).float(), coords.expand(gt_masks.shape[0], -1, -1))  # (G, P)
+        return class_weight * -prob + mask_weight * pairwise_bce(pred, gt) + dice_weight * pairwise_dice(pred, gt)
+
+
+@torch.no_grad()
 def hungarian_match(class_logits: torch.Tensor, mask_logits: torch.Tensor, gt_labels: torch.Tensor,
                     gt_masks: torch.Tensor, num_points: int = 12544, class_weight: float = 2.0,
                     mask_weight: float = 5.0, dice_weight: float = 5.0,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One image: class_logits (Q, C+1), mask_logits (Q, h, w), gt_labels (G,), gt_masks (G, H, W).
-    Returns (query indices, gt indices), each (min(Q, G),)."""
+    Returns (query indices, gt indices), each (min(Q, G),), on the logits' device."""
+    device = mask_logits.device
     if gt_labels.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty
-    prob = class_logits.float().softmax(-1)[:, gt_labels]  # (Q, G)
-    coords = torch.rand(1, num_points, 2, device=mask_logits.device, generator=generator)
-    pred = point_sample(mask_logits, coords.expand(mask_logits.shape[0], -1, -1))  # (Q, P)
-    gt = point_sample(gt_masks.float(), coords.expand(gt_masks.shape[0], -1, -1))  # (G, P)
-    cost = class_weight * -prob + mask_weight * pairwise_bce(pred, gt) + dice_weight * pairwise_dice(pred, gt)
+    cost = match_cost(class_logits, mask_logits, gt_labels, gt_masks, num_points, class_weight, mask_weight,
+                      dice_weight, generator)
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
-    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+    return (torch.as_tensor(rows, dtype=torch.long, device=device),
+            torch.as_tensor(cols, dtype=torch.long, device=device))

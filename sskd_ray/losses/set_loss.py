@@ -42,16 +42,18 @@ def single_set_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, targe
     weight[-1] = no_object_weight
     loss_class = F.cross_entropy(class_logits.transpose(1, 2).float(), target_classes, weight)
     pred = torch.cat(pred_masks)  # (M, h, w)
-    if pred.shape[0] == 0:  # no ground truth anywhere in the batch: keep the graph, add nothing
-        zero = mask_logits.sum() * 0.0
+    if pred.shape[0] == 0:  # no ground truth anywhere in the batch: nothing to add (and no graph kept)
+        zero = class_logits.new_zeros((), dtype=torch.float32)
         return {"loss_class": class_weight * loss_class, "loss_mask": zero, "loss_dice": zero}
     gt = torch.cat([g.to(pred.device) for g in gt_masks]).float()  # (M, H, W)
-    with torch.no_grad():
-        coords = uncertain_points(pred, num_points, oversample_ratio, importance_ratio)
-        gt_points = point_sample(gt, coords)
-    pred_points = point_sample(pred, coords)
-    loss_mask = F.binary_cross_entropy_with_logits(pred_points, gt_points, reduction="none").mean(1).sum() / num_masks
-    loss_dice = dice_loss(pred_points, gt_points).sum() / num_masks
+    with torch.autocast(pred.device.type, enabled=False):  # point losses in fp32, as Mask2Former
+        pred = pred.float()
+        with torch.no_grad():
+            coords = uncertain_points(pred, num_points, oversample_ratio, importance_ratio)
+            gt_points = point_sample(gt, coords)
+        pred_points = point_sample(pred, coords)
+        loss_mask = F.binary_cross_entropy_with_logits(pred_points, gt_points, reduction="none").mean(1).sum() / num_masks
+        loss_dice = dice_loss(pred_points, gt_points).sum() / num_masks
     return {"loss_class": class_weight * loss_class, "loss_mask": mask_weight * loss_mask,
             "loss_dice": dice_weight * loss_dice}
 
