@@ -50,3 +50,13 @@ def test_store_round_trip_and_export(tmp_path):
     results = json.loads(Path(export_coco_results(tmp_path, tmp_path / "results.json")).read_text())
     assert len(results) == 4 and results[0]["segmentation"]["size"] == [6, 8]
     assert read_store(tmp_path / "empty").num_rows == 0
+
+
+def test_strong_view_blur_keeps_the_borders_bright():
+    """A flat image stays flat under the blur (reflect padding); zero padding darkened the borders."""
+    from sskd_ray.data.views import _blur
+
+    flat = torch.full((3, 20, 30), 0.8)
+    blurred = _blur(flat, 2.0)
+    assert blurred.shape == flat.shape
+    torch.testing.assert_close(blurred, flat)

@@ -24,12 +24,16 @@ class ViewPair:
 
 def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, int(2 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=image.device)
     kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
     kernel = kernel / kernel.sum()
     c = image.shape[0]
-    out = F.conv2d(image[None], kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)[0]
+    # reflect padding: zero padding would darken a border band that the weak view does not have,
+    # a cue the contrastive loss could learn instead of the scene
+    out = F.pad(image[None], (radius, radius, 0, 0), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
 
 
 def colour_jitter(image: torch.Tensor, generator: torch.Generator, strength: float = 0.4) -> torch.Tensor:
