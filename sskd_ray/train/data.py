@@ -117,7 +117,7 @@ def draw_batch(ts: TrainingSet, iteration: int, seed: int, batch_size: int, rank
             continue
         order = rng.permutation(len(pool)) if len(pool) >= count * world_size else rng.integers(0, len(pool), 4 * count * world_size)
         # lazy: the pool may be a StoreShare, whose samples are read only when taken
-        candidates = (pool[i] for i in order[rank::world_size])  # disjoint per rank when the pool allows
+        candidates = map(pool.__getitem__, order[rank::world_size])  # disjoint per rank when the pool allows
         picks.append((candidates, count))
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)) + rank)
     views, targets, flags = [], [], []

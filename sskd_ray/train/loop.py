@@ -20,6 +20,7 @@ import torch
 
 from sskd_ray import storage
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
@@ -125,6 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
     objective = ray.train.torch.prepare_model(Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive),
                                               parallel_strategy_kwargs={"find_unused_parameters": True})
     plain = objective.module.model if hasattr(objective, "module") else objective.model
+    enable_image_cache(data.get("image_cache_dir", ""), data.get("image_cache_gb", 0.0))  # object-store images only
     ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
                             data.get("pseudo_dir", "") if stage.use_pseudo_labels else "", data.get("pseudo_images", ""),
                             data.get("score_threshold", 0.3), rank, world)
