@@ -49,17 +49,24 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
 def make_rles(count: int, seed: int = 0) -> list[str]:
     """`count` distinct RLE strings of random blobs (an ellipse with a wobbly radius) at 512x1024."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
     rles = []
     for _ in range(count):
         cy, cx = rng.uniform(60, HEIGHT - 60), rng.uniform(60, WIDTH - 60)
         ry, rx = rng.uniform(20, 160), rng.uniform(20, 220)
+        y0, y1 = int(max(0, cy - 1.3 * ry)), int(min(HEIGHT, cy + 1.3 * ry + 1))  # the blob's window only
+        x0, x1 = int(max(0, cx - 1.3 * rx)), int(min(WIDTH, cx + 1.3 * rx + 1))
+        yy, xx = np.mgrid[y0:y1, x0:x1]
         angle = np.arctan2(yy - cy, xx - cx)
         wobble = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6)) + 0.08 * np.sin(7 * angle + rng.uniform(0, 6))
-        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= wobble ** 2
+        mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+        mask[y0:y1, x0:x1] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= wobble ** 2
         rles.append(encode_rle(mask)["counts"])
     return rles
 
@@ -104,6 +111,7 @@ def _stand_in_plan(manifest: str, store: str, per_shard: int):
 
 
 def child_plan(manifest: str, store: str, per_shard: int) -> dict:
+    rss_start = _rss_mb()
     plan, planner = plan_pending, "sskd_ray.label.manifest.plan_pending"
     if plan is None:
         plan, planner = _stand_in_plan, "stand-in (record-batch stream; plan_pending not merged)"
@@ -114,11 +122,12 @@ def child_plan(manifest: str, store: str, per_shard: int) -> dict:
         shards += 1
         images += len(shard["images"])
     return {"driver_plan_s": round(time.perf_counter() - began, 2), "driver_peak_mb": round(_peak_mb(), 1),
-            "driver_base_mb": round(base, 1), "planned_shards": shards, "planned_images": images, "planner": planner}
+            "driver_base_mb": round(base, 1),
+            "driver_rss_start_mb": round(rss_start, 1), "driver_rss_end_mb": round(_rss_mb(), 1), "planned_shards": shards, "planned_images": images, "planner": planner}
 
 
 def child_worker(store: str, world: int, steps: int, batch: int, seed: int = 0) -> dict:
-    base = _peak_mb()
+    base, rss_start = _peak_mb(), _rss_mb()
     began = time.perf_counter()
     share = StoreShare.open(store, rank=0, world=world)
     opened = time.perf_counter() - began
@@ -131,7 +140,8 @@ def child_worker(store: str, world: int, steps: int, batch: int, seed: int = 0) 
             masks, labels = share.targets(int(i), CATEGORIES, 0.3)  # ... and its decoded masks
             instances += len(labels)
     seconds = time.perf_counter() - began
-    return {"worker_peak_mb": round(_peak_mb(), 1), "worker_base_mb": round(base, 1),
+    return {"worker_peak_mb": round(_peak_mb(), 1), "worker_base_mb": round(base, 1), "worker_rss_start_mb": round(rss_start, 1),
+            "worker_rss_end_mb": round(_rss_mb(), 1),
             "worker_samples_per_s": round(steps * batch / seconds, 1), "worker_open_s": round(opened, 2),
             "share_rows": len(share), "rows_read": share.rows_read, "row_groups_read": len(share.row_groups_read),
             "instances_decoded": instances}
@@ -142,11 +152,11 @@ def _run_child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(rows: int, args) -> dict:
+def measure(rows: int, args, rles: list[str]) -> dict:
     folder = Path(args.workdir) / f"rows-{rows}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    result = {"rows": rows, **write_data(folder, rows, args.per_shard, make_rles(args.rles))}
+    result = {"rows": rows, **write_data(folder, rows, args.per_shard, rles)}
     print(f"  wrote {rows:,} rows in {result['write_s']} s ({result['store_mb']} MB store)", flush=True)
     result.update(_run_child("plan", str(folder / "manifest.parquet"), str(folder / "store"), str(args.per_shard)))
     result.update(_run_child("worker", str(folder / "store"), str(args.world), str(args.steps), str(args.batch)))
@@ -162,11 +172,13 @@ def table(results: list[dict], args) -> str:
              f"each measurement in a fresh process, peak = its peak RSS; {platform.machine()}, 2 cores shared).",
              f"Planner: {results[0]['planner']}.", "",
              "| rows | store (MB, write s) | driver_plan_s | driver_peak_mb | worker_open_s | worker_peak_mb "
-             "| worker_samples_per_s | rows read by the worker |", "|---|---|---|---|---|---|---|---|"]
+             "| worker RSS start -> end (MB) | worker_samples_per_s | row groups read per sample |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['rows']:,} | {r['store_mb']:,} ({r['write_s']}) | {r['driver_plan_s']} | {r['driver_peak_mb']} "
-                     f"| {r['worker_open_s']} | {r['worker_peak_mb']} | {r['worker_samples_per_s']} "
-                     f"| {r['rows_read']:,} of {r['share_rows']:,} |")
+                     f"| {r['worker_open_s']} | {r['worker_peak_mb']} | {r['worker_rss_start_mb']} -> {r['worker_rss_end_mb']} "
+                     f"| {r['worker_samples_per_s']} "
+                     f"| {r['row_groups_read'] / (args.steps * args.batch):.2f} |")
     return "\n".join(lines)
 
 
@@ -184,15 +196,19 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rles", type=int, default=512, help="distinct RLE strings the rows draw from")
+    parser.add_argument("--rles", type=int, default=4096, help="distinct RLE strings the rows draw from")
     parser.add_argument("--workdir", default="/tmp/sskd-scale-bench")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
+    began = time.perf_counter()
+    rles = make_rles(args.rles)
+    print(f"{len(rles)} RLE strings (mean {np.mean([len(r) for r in rles]):.0f} bytes) in "
+          f"{time.perf_counter() - began:.1f} s", flush=True)
     results = []
     for rows in args.rows:
         print(f"{rows:,} rows", flush=True)
-        results.append(measure(rows, args))
+        results.append(measure(rows, args, rles))
         print(json.dumps(results[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), "results": results}, indent=2))
