@@ -46,7 +46,12 @@ HEIGHT, WIDTH, INSTANCES, CATEGORIES = 512, 1024, 5, list(range(1, 11))
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    # VmHWM, not getrusage's ru_maxrss: ru_maxrss survives exec, so a child would report the
+    # parent's peak (the parent writes the data and is far bigger)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _rss_mb() -> float:
@@ -169,7 +174,7 @@ def table(results: list[dict], args) -> str:
     lines = [f"Command: `python bench/scale.py --rows {' '.join(str(r['rows']) for r in results)}` "
              f"(store: shards of {args.per_shard} rows, {INSTANCES} instances per row, RLE of random blobs at "
              f"{HEIGHT}x{WIDTH}; worker: rank 0 of {args.world}, {args.steps} steps x {args.batch} rows, RLE decoded; "
-             f"each measurement in a fresh process, peak = its peak RSS; {platform.machine()}, 2 cores shared).",
+             f"each measurement in a fresh process, peak = its VmHWM; {platform.machine()}, 2 cores shared).",
              f"Planner: {results[0]['planner']}.", "",
              "| rows | store (MB, write s) | driver_plan_s | driver_peak_mb | worker_open_s | worker_peak_mb "
              "| worker RSS start -> end (MB) | worker_samples_per_s | row groups read per sample |",

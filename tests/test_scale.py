@@ -19,7 +19,7 @@ from sskd_ray import storage
 from sskd_ray.config import Config
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.data.coco import encode_rle, load_coco
-from sskd_ray.data.image_cache import ImageCache
+from sskd_ray.data.image_cache import ImageCache, enable_image_cache
 from sskd_ray.data.pseudo_labels import read_store, row_targets, write_shard
 from sskd_ray.data.store_reader import StoreShare, plan_share
 from sskd_ray.eval.distributed import evaluate_distributed, gather_predictions, in_image_order, shard_dataset
@@ -183,3 +183,12 @@ def test_image_cache_reads_through_and_keeps_its_bound(s3_env, tmp_path, monkeyp
     storage.read_bytes(local)
     assert cache.fetches + cache.hits == before and not cache.accepts("s3://sskd/cache/meta.json")
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_enable_image_cache_installs_one_cache_per_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_read_cache", None)
+    assert enable_image_cache(str(tmp_path / "c"), 0) is None and storage.get_read_cache() is None
+    cache = enable_image_cache(str(tmp_path / "c"), 0.5)
+    assert storage.get_read_cache() is cache and cache.max_bytes == 500_000_000
+    assert enable_image_cache(str(tmp_path / "c"), 0.5) is cache  # a restarted loop keeps its counters
+    assert not (tmp_path / "c").exists()  # nothing is made before the first insert

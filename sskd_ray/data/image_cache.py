@@ -34,8 +34,7 @@ class ImageCache:
     def __init__(self, folder: str | os.PathLike, max_bytes: int):
         if max_bytes <= 0:
             raise ValueError(f"image cache bound must be > 0 bytes, got {max_bytes}")
-        self.folder = Path(folder).expanduser().resolve()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder).expanduser().resolve()  # made on the first insert
         self.max_bytes = int(max_bytes)
         self.hits = 0  # reads served from disk
         self.fetches = 0  # reads that went to object storage (one GET each)
@@ -66,6 +65,7 @@ class ImageCache:
     def _insert(self, path: Path, data: bytes) -> None:
         if len(data) > self.max_bytes:
             return  # larger than the whole cache: served, not kept
+        self.folder.mkdir(parents=True, exist_ok=True)
         if self._total is None or self._total + len(data) > self.max_bytes:
             self._evict(self.max_bytes - len(data))
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -79,6 +79,8 @@ class ImageCache:
     def _entries(self) -> list[tuple[int, int, Path]]:
         """(mtime ns, size, path) of every cached file (temporaries of other writers excluded)."""
         found = []
+        if not self.folder.is_dir():
+            return found
         with os.scandir(self.folder) as it:
             for entry in it:
                 if entry.name.startswith("."):

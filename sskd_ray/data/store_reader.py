@@ -41,14 +41,16 @@ class Piece:
 
 
 def _row_group_sizes(paths: list[str]) -> list[list[int]]:
-    """Rows per row group of each file, from the footers only (threads: footers on S3 are GETs)."""
+    """Rows per row group of each file, from the footers only (threads for object storage, where
+    each footer is a GET)."""
     def sizes(path: str) -> list[int]:
         fs, inner = storage.filesystem(path)
         with fs.open_input_file(inner) as handle:
             meta = pq.ParquetFile(handle).metadata
             return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
-    if len(paths) <= 1:
+    if len(paths) <= 1 or not storage.is_uri(paths[0]):
+        # local footers are quick to read; threads would only leave per-thread malloc arenas behind
         return [sizes(p) for p in paths]
     with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
         return list(pool.map(sizes, paths))
