@@ -192,3 +192,13 @@ def test_enable_image_cache_installs_one_cache_per_process(tmp_path, monkeypatch
     assert storage.get_read_cache() is cache and cache.max_bytes == 500_000_000
     assert enable_image_cache(str(tmp_path / "c"), 0.5) is cache  # a restarted loop keeps its counters
     assert not (tmp_path / "c").exists()  # nothing is made before the first insert
+
+
+def test_share_of_a_store_on_s3(s3_env, tmp_path):
+    """The store in object storage: footers and row groups are read through pyarrow's S3 client."""
+    _write_store(tmp_path, [f"im{i}.png" for i in range(6)], per_shard=2)
+    for path in sorted(tmp_path.glob("shard-*.parquet")):
+        storage.write_bytes(f"s3://sskd/store/{path.name}", path.read_bytes())
+    share = StoreShare.open("s3://sskd/store", rank=1, world=2)  # shards 1 of 0, 1, 2
+    assert len(share) == 2 and share.row(1)["file_name"] == "im3.png" and share.rows_read == 2
+    assert share.row_groups_read == [("s3://sskd/store/shard-00001.parquet", 0)]
