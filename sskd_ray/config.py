@@ -38,6 +38,10 @@ class DataConfig:
     builtin_image_size: int = 128
     image_size: int = 128  # training resolution (square)
     max_instances: int = 6
+    # training/eval image reads from s3:// or gs:// go through a local LRU disk cache ("" -> the temp
+    # dir's sskd-image-cache); 0 GB turns it off. Local paths are never cached.
+    image_cache_dir: str = ""
+    image_cache_gb: float = 20.0
 
 
 @dataclass

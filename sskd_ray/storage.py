@@ -116,7 +116,31 @@ def is_dir(location: str | os.PathLike) -> bool:
     return _info(location).type == pafs.FileType.Directory
 
 
+# A read-through cache for reads from object storage (sskd_ray.data.image_cache installs one);
+# None, the default, reads every location directly.
+_read_cache: Any = None
+
+
+def set_read_cache(cache: Any) -> None:
+    """Install `cache` (with `accepts(location) -> bool` and `read(location) -> bytes`) for this
+    process's `read_bytes`, or None to read directly again."""
+    global _read_cache
+    _read_cache = cache
+
+
+def get_read_cache() -> Any:
+    return _read_cache
+
+
 def read_bytes(location: str | os.PathLike) -> bytes:
+    """The whole file; through the installed read cache when it accepts the location."""
+    if _read_cache is not None and _read_cache.accepts(str(location)):
+        return _read_cache.read(str(location))
+    return fetch_bytes(location)
+
+
+def fetch_bytes(location: str | os.PathLike) -> bytes:
+    """The whole file, always from its storage (no cache)."""
     fs, path = filesystem(location)
     try:
         with fs.open_input_stream(path) as stream:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from sskd_ray import storage
 from sskd_ray.data.coco import load_coco
-from sskd_ray.data.pseudo_labels import read_store, row_targets
+from sskd_ray.data.store_reader import ShareSamples, StoreShare
 from sskd_ray.data.views import make_views
 
 
@@ -29,7 +29,7 @@ class Sample:
     path: str
     image_id: int
     labeled: bool  # ground truth (True) or pseudo-labels (False)
-    row: int  # index into the CocoDataset's images or the store table
+    row: int  # index into the CocoDataset's images or this worker's StoreShare
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TrainingSet:
     pseudo: list[Sample]
     image_size: int
     coco: object
-    store: object = None
+    store: StoreShare | None = None  # this worker's share of the pseudo-label store, read lazily
     category_ids: list[int] = field(default_factory=list)
     score_threshold: float = 0.3
     skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
@@ -56,23 +56,20 @@ class TrainingSet:
     def targets(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         if sample.labeled:
             return self.coco.instance_masks(self.coco.images[sample.row])
-        row = {name: self.store.column(name)[sample.row].as_py() for name in ("height", "width", "instances")}
-        return row_targets(row, self.category_ids, self.score_threshold)
+        return self.store.targets(sample.row, self.category_ids, self.score_threshold)
 
 
 def build_training_set(labeled_json: str, labeled_images: str, image_size: int, pseudo_dir: str = "",
-                       pseudo_images: str = "", score_threshold: float = 0.3) -> TrainingSet:
+                       pseudo_images: str = "", score_threshold: float = 0.3, rank: int = 0,
+                       world_size: int = 1) -> TrainingSet:
+    """The pool part is this rank's share of the store (disjoint across ranks), read lazily."""
     coco = load_coco(labeled_json, labeled_images, check_files=False)
     labeled = [Sample(coco.image_path(im), im["id"], True, i) for i, im in enumerate(coco.images)]
     pseudo, store = [], None
     if pseudo_dir:
-        store = read_store(pseudo_dir).select(["image_id", "file_name", "height", "width", "instances"])
-        if store.num_rows == 0:
-            raise FileNotFoundError(f"pseudo-label store '{pseudo_dir}' holds no shards: run the labeling pass first")
-        names = store.column("file_name").to_pylist()
-        ids = store.column("image_id").to_pylist()
-        pseudo = [Sample(storage.resolve(pseudo_images, n), int(i), False, r)
-                  for r, (n, i) in enumerate(zip(names, ids))]
+        store = StoreShare.open(pseudo_dir, rank, world_size)
+        pseudo = ShareSamples(store, lambda r, row: Sample(storage.resolve(pseudo_images, row["file_name"]),
+                                                           int(row["image_id"]), False, r))
     if not labeled:
         raise ValueError(f"{labeled_json}: no labeled images to train on")
     return TrainingSet(labeled, pseudo, image_size, coco, store, coco.category_ids, score_threshold)
@@ -119,7 +116,8 @@ def draw_batch(ts: TrainingSet, iteration: int, seed: int, batch_size: int, rank
         if count == 0:
             continue
         order = rng.permutation(len(pool)) if len(pool) >= count * world_size else rng.integers(0, len(pool), 4 * count * world_size)
-        candidates = [pool[i] for i in order[rank::world_size]]  # disjoint per rank when the pool allows
+        # lazy: the pool may be a StoreShare, whose samples are read only when taken
+        candidates = map(pool.__getitem__, order[rank::world_size])  # disjoint per rank when the pool allows
         picks.append((candidates, count))
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)) + rank)
     views, targets, flags = [], [], []

@@ -20,6 +20,8 @@ import torch
 
 from sskd_ray import storage
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray.data.image_cache import enable_image_cache
+from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
 from sskd_ray.train.data import build_training_set, draw_batch
@@ -86,12 +88,13 @@ def _save(model: torch.nn.Module, optimizer, iteration: int, history: list, skip
     return folder
 
 
-def _evaluate(model: torch.nn.Module, config: dict, device: torch.device) -> dict:
-    from sskd_ray.eval.model_eval import evaluate_model
-
+def _evaluate(model: torch.nn.Module, config: dict, device: torch.device, rank: int = 0, world: int = 1) -> dict:
+    """Every rank predicts its share of the val split (a collective: all ranks call this together);
+    rank 0 gets the mask metrics, the others {}."""
     data = config["data"]
-    metrics, _ = evaluate_model(model, data["val_json"], data["val_images"], data["image_size"], device=device)
-    return {k: v for k, v in metrics.items() if k.startswith("mask_")}
+    metrics, _ = evaluate_distributed(model, data["val_json"], data["val_images"], data["image_size"], rank, world,
+                                      device=device)
+    return {k: v for k, v in (metrics or {}).items() if k.startswith("mask_")}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -123,9 +126,10 @@ def train_loop_per_worker(config: dict) -> None:
     objective = ray.train.torch.prepare_model(Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive),
                                               parallel_strategy_kwargs={"find_unused_parameters": True})
     plain = objective.module.model if hasattr(objective, "module") else objective.model
+    enable_image_cache(data.get("image_cache_dir", ""), data.get("image_cache_gb", 0.0))  # object-store images only
     ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
                             data.get("pseudo_dir", "") if stage.use_pseudo_labels else "", data.get("pseudo_images", ""),
-                            data.get("score_threshold", 0.3))
+                            data.get("score_threshold", 0.3), rank, world)
     ts.skipped.update(skipped)
     pseudo_share = data.get("pseudo_share", 0.5) if stage.use_pseudo_labels else 0.0
     amp = device.type == "cuda" and config.get("amp", True)
@@ -168,8 +172,10 @@ def train_loop_per_worker(config: dict) -> None:
                 print(f"[{config['name']}] {done}/{stage.iterations} loss {row['loss']:.3f} "
                       f"({speed:.2f} it/s, ~{(stage.iterations - done) / max(speed, 1e-9):.0f} s left)", flush=True)
         evaluate = (stage.eval_every and done % stage.eval_every == 0) or last
-        if evaluate and rank == 0:
-            row = {**(row or {"iteration": done}), **_evaluate(plain, config, device)}
+        if evaluate:  # every rank predicts its share of the val split; rank 0 scores
+            scores = _evaluate(plain, config, device, rank, world)
+            if rank == 0:
+                row = {**(row or {"iteration": done}), **scores}
         if row is not None and rank == 0:
             history.append(row)
             if tracking.get("run_id"):

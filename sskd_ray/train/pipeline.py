@@ -98,7 +98,8 @@ def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: st
     return {"labeled_json": data.labeled_json, "labeled_images": storage.parent(data.labeled_json),
             "val_json": data.val_json, "val_images": data.val_images, "image_size": image_size,
             "pseudo_dir": pseudo_dir, "pseudo_images": storage.parent(data.unlabeled_json),
-            "score_threshold": cfg.label.score_threshold}
+            "score_threshold": cfg.label.score_threshold,
+            "image_cache_dir": cfg.data.image_cache_dir, "image_cache_gb": cfg.data.image_cache_gb}
 
 
 def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, StageSpec]:
