@@ -1,0 +1,138 @@
+"""Which negatives each anchor has, stored so that their similarities come from matmuls.
+
+A plan splits the P anchors into blocks of consecutive rows. Within a block, a *shared* segment
+lists S candidate columns (indices into the negatives pool) and a (rows, S) weight: how many of a
+row's K negatives are that column (bool for the rejection sampler's accepted proposals, counts for
+exact multinomial draws). The similarities of a whole segment are one (rows, D) x (D, S) matmul,
+and a row's negatives are its weighted columns: no (P, K, D) tensor of gathered negatives exists,
+in forward or backward. A *gathered* segment is the fallback for indices that share nothing (any
+(P, K) index handed to `info_nce`): it gathers its block's (rows, K, D) negatives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return t if rows is None else t[rows]
+
+
+def add_rows(t: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
+    """t[rows] += value, with rows None meaning every row."""
+    if rows is None:
+        t += value
+    else:
+        t.index_add_(0, rows, value)
+
+
+@dataclass
+class SharedSegment:
+    rows: torch.Tensor | None  # (n,) rows of the block it covers; None: all of them
+    cand: torch.Tensor  # (S,) long, indices into the negatives pool
+    weight: torch.Tensor  # (n, S) bool or counts: how many of a row's negatives are cand[s]
+
+    def scores(self, za: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, D) anchors of this segment -> (n, S) similarities and their weight."""
+        return za @ pool[self.cand].T, self.weight
+
+    def backprop(self, grad: torch.Tensor, za: torch.Tensor, pool: torch.Tensor, need_za: bool,
+                 grad_pool: torch.Tensor | None) -> torch.Tensor | None:
+        """grad (n, S) = dL/dscores -> dL/dza (n, D) (None unless need_za); adds dL/dpool into grad_pool."""
+        if grad_pool is not None:
+            grad_pool.index_add_(0, self.cand, grad.T @ za)  # (S, D)
+        return grad @ pool[self.cand] if need_za else None
+
+
+@dataclass
+class GatheredSegment:
+    idx: torch.Tensor  # (n, K) long, indices into the pool, for every row of its block
+    rows = None
+
+    def scores(self, za: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # F.embedding + bmm rather than pool[idx]: no (n, K, D) copy kept for autograd (there is none)
+        return torch.bmm(F.embedding(self.idx, pool), za[:, :, None])[..., 0], None
+
+    def backprop(self, grad: torch.Tensor, za: torch.Tensor, pool: torch.Tensor, need_za: bool,
+                 grad_pool: torch.Tensor | None) -> torch.Tensor | None:
+        if grad_pool is not None:
+            grad_pool.index_add_(0, self.idx.flatten(), (grad[:, :, None] * za[:, None, :]).flatten(0, 1))
+        return torch.bmm(grad[:, None, :], F.embedding(self.idx, pool))[:, 0] if need_za else None
+
+
+@dataclass
+class Block:
+    start: int
+    stop: int
+    segments: list
+
+
+@dataclass
+class NegativePlan:
+    blocks: list[Block]
+    num_anchors: int
+    num_negatives: int
+    device: torch.device
+
+    def columns_per_anchor(self) -> float:
+        """Mean number of similarity columns computed per anchor (K at best; the cost of sharing)."""
+        total = 0
+        for blk in self.blocks:
+            for seg in blk.segments:
+                n = blk.stop - blk.start if seg.rows is None else len(seg.rows)
+                total += n * (seg.idx.shape[1] if isinstance(seg, GatheredSegment) else len(seg.cand))
+        return total / max(self.num_anchors, 1)
+
+    def index(self) -> torch.Tensor:
+        """The plan as a (P, K) long tensor of pool indices (row order of each row's negatives:
+        segment by segment, columns in order)."""
+        device = self.device
+        out = torch.empty(self.num_anchors, self.num_negatives, dtype=torch.long, device=device)
+        for blk in self.blocks:
+            filled = torch.zeros(blk.stop - blk.start, dtype=torch.long, device=device)
+            for seg in blk.segments:
+                if isinstance(seg, GatheredSegment):
+                    out[blk.start:blk.stop] = seg.idx
+                    continue
+                rows = torch.arange(blk.stop - blk.start, device=device) if seg.rows is None else seg.rows
+                r, c = seg.weight.nonzero(as_tuple=True)  # row-major: columns in order within a row
+                if seg.weight.dtype != torch.bool:
+                    reps = seg.weight[r, c].long()
+                    r, c = r.repeat_interleave(reps), c.repeat_interleave(reps)
+                counts = torch.bincount(r, minlength=len(rows))
+                first = counts.cumsum(0) - counts
+                slot = filled[rows][r] + torch.arange(len(r), device=device) - first[r]
+                out[blk.start + rows[r], slot] = seg.cand[c]
+                filled[rows] += counts
+        return out
+
+
+def _compact_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Counts as bool when no column repeats within a row, else uint8 when they fit, else as they are."""
+    top = int(weight.max()) if weight.numel() else 0
+    return weight.bool() if top <= 1 else weight.to(torch.uint8) if top <= 255 else weight
+
+
+def plan_from_index(neg_index: torch.Tensor, pool_size: int, chunk: int = 1024, share_limit: int = 8) -> NegativePlan:
+    """A plan for a given (P, K) index. A block whose rows use at most `share_limit` x K distinct
+    pool entries (true of the samplers' output, whose blocks share proposals) becomes a shared
+    segment; one that shares little is gathered."""
+    p, k = neg_index.shape
+    device = neg_index.device
+    blocks = []
+    for start in range(0, p, chunk):
+        idx = neg_index[start:start + chunk]  # (b, K)
+        used = torch.zeros(pool_size, dtype=torch.bool, device=device)
+        used[idx.flatten()] = True  # distinct entries without a sort: O(pool + b K)
+        cand = used.nonzero(as_tuple=True)[0]  # (S,)
+        if len(cand) > share_limit * k:
+            blocks.append(Block(start, start + len(idx), [GatheredSegment(idx)]))
+            continue
+        column = torch.empty(pool_size, dtype=torch.long, device=device)
+        column[cand] = torch.arange(len(cand), device=device)
+        weight = torch.zeros(len(idx), len(cand), device=device)
+        weight.scatter_add_(1, column[idx], torch.ones(idx.shape, device=device))  # (b, S) counts
+        blocks.append(Block(start, start + len(idx), [SharedSegment(None, cand, _compact_weight(weight))]))
+    return NegativePlan(blocks, p, k, device)
