@@ -117,7 +117,8 @@ class Objective(nn.Module):
         if len(keep) > cfg.max_anchors:  # bound the cost: a uniform subset of anchors per step
             anchor_rows = torch.randperm(len(keep), generator=generator)[:cfg.max_anchors].to(keep.device)
         if cfg.sampler == "uniform":
-            neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device)
+            neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device,
+                                           exclude=anchor_rows)  # never the anchor's own pixel (its positive)
         else:
             neg = sample_negatives(qhat[anchor_rows], cfg.num_negatives, cfg.score_power, generator, candidates=cand_q)
         anchors, positives = anchors_all[keep][anchor_rows], positives_all[keep][anchor_rows]
