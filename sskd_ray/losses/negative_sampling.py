@@ -25,10 +25,10 @@ expectation is unchanged. The uniform ablation accepts each proposal with probab
 exact rejection step with a constant acceptance), so anchors of a block do not all get the
 same negatives.
 
-Envelope. qhat >= 0 coordinate-wise (softmax outputs), so <qhat_i, qhat_j> >= <qhat_i, m> with
-m = min_j qhat_j per coordinate, and d(i, j) <= 1 - <qhat_i, m> =: b_i (O(P E) to compute). When
-all pixels look alike (an untrained model: d small everywhere), b_i is small too and acceptance
-stays high where d <= 1 alone would accept almost nothing.
+Envelope. b_i is the smaller of two bounds computed in O((P + M) E) (see `_envelope`): a ball
+around the candidates' mean, and a coordinate-wise minimum (qhat >= 0). When all pixels look
+alike (an untrained model: d small everywhere), b_i is small too, and acceptance stays high where
+the plain bound d <= 1 would accept almost nothing.
 """
 from __future__ import annotations
 
@@ -65,10 +65,16 @@ def distance_weights(d: torch.Tensor, power: float) -> torch.Tensor:
 
 
 def _envelope(qhat: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
-    """(P,) b_i >= max_j d(i, j) (with a little slack for float rounding); 1 for signed inputs."""
-    if qhat.min() < 0 or cands.min() < 0:
-        return qhat.new_ones(len(qhat))
-    return (1 + 1e-5 - qhat @ cands.amin(0)).clamp_(max=1.0)
+    """(P,) b_i >= max_j d(i, j), the smaller of two O((P + M) E) bounds (plus slack for rounding):
+    - ball: with c the candidates' mean, R = max_j |q_j - c|, r_i = |q_i - c|, |q_i - q_j| <= r_i + R and
+      d(i, j) = 1 - (|q_i|^2 + |q_j|^2 - |q_i - q_j|^2) / 2 <= 1 - (|q_i|^2 + min_j |q_j|^2) / 2 + (r_i + R)^2 / 2
+      (tight when the candidates look alike, as under an untrained model);
+    - coordinates: for q >= 0, <q_i, q_j> >= <q_i, m> with m = min_j q_j per coordinate."""
+    centre = cands.mean(0)
+    reach = (cands - centre).norm(dim=1).max()
+    ball = 1 - (qhat.square().sum(1) + cands.square().sum(1).min()) / 2 + ((qhat - centre).norm(dim=1) + reach) ** 2 / 2
+    bound = ball if qhat.min() < 0 or cands.min() < 0 else torch.minimum(ball, 1 - qhat @ cands.amin(0))
+    return (bound + 1e-5).clamp_(max=1.0)
 
 
 def _pilot(qa: torch.Tensor, env: torch.Tensor, cands: torch.Tensor, power: float,
