@@ -155,7 +155,7 @@ def test_shared_proposals_give_each_anchor_its_own_target(device, power):
     blocks, chunk, k = 800, 32, 8
     anchors = cands[[0] + [5] * (chunk - 1)].repeat(blocks, 1)  # (blocks * 32, E)
     plan = plan_negatives(len(anchors), len(cands), k, anchors, cands, power, generator=g, chunk=chunk)
-    shared = [s for b in plan.blocks for s in b.segments if s.weight.dtype == torch.bool]
+    shared = [s for b in plan.blocks for s in b.segments if isinstance(s, SharedSegment)]
     assert len(shared) >= blocks  # the rejection path ran in every block (not the exact fallback)
     assert all(len(s.cand) < len(cands) for s in shared)  # ... with fewer proposals than candidates
     draws = plan.index()[::chunk].flatten().cpu().numpy()  # anchor A's K draws, one anchor per block
@@ -194,7 +194,8 @@ def _direct_loss(a, p, pool, idx, form, tau=0.1, margin=0.2):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["infonce", "hinge"])
-def test_fused_loss_equals_the_direct_formula_on_its_own_negatives(device, form):
+@pytest.mark.parametrize("rounds", [4, 0])  # shared proposals (+ exact for the few short rows); exact alone
+def test_fused_loss_equals_the_direct_formula_on_its_own_negatives(device, form, rounds):
     g = torch.Generator().manual_seed(4)
     qhat = F.normalize(torch.rand(700, 9, generator=g) ** 4, dim=1).to(device)
     qhat[:5] = qhat[0]  # near-duplicates of each other
@@ -202,7 +203,9 @@ def test_fused_loss_equals_the_direct_formula_on_its_own_negatives(device, form)
     a, p = (F.normalize(torch.randn(300, 8, generator=g), dim=1).to(device).requires_grad_() for _ in range(2))
     pool = F.normalize(torch.randn(700, 8, generator=g), dim=1).to(device).requires_grad_()
     loss, plan = contrastive_loss(a, p, pool, qhat[:300], qhat, 16, temperature=0.1, form=form,
-                                  generator=_gen(device, 5), chunk=128)
+                                  generator=_gen(device, 5), chunk=128, rounds=rounds)
+    kinds = {type(seg) for blk in plan.blocks for seg in blk.segments}
+    assert kinds == ({GatheredSegment} if rounds == 0 else kinds | {SharedSegment})
     idx = plan.index()
     assert idx.shape == (300, 16) and idx.min() >= 0 and idx.max() < 700
     direct = _direct_loss(a, p, pool, idx, form)

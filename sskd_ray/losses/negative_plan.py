@@ -48,12 +48,13 @@ class SharedSegment:
 
 @dataclass
 class GatheredSegment:
-    idx: torch.Tensor  # (n, K) long, indices into the pool, for every row of its block
-    rows = None
+    idx: torch.Tensor  # (n, K') long, indices into the pool
+    rows: torch.Tensor | None = None  # (n,) rows of the block it covers; None: all of them
+    weight: torch.Tensor | None = None  # (n, K') bool: which of idx count (None: all)
 
-    def scores(self, za: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, None]:
-        # F.embedding + bmm rather than pool[idx]: no (n, K, D) copy kept for autograd (there is none)
-        return torch.bmm(F.embedding(self.idx, pool), za[:, :, None])[..., 0], None
+    def scores(self, za: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # F.embedding + bmm: the (n, K', D) gather lives only inside this call
+        return torch.bmm(F.embedding(self.idx, pool), za[:, :, None])[..., 0], self.weight
 
     def backprop(self, grad: torch.Tensor, za: torch.Tensor, pool: torch.Tensor, need_za: bool,
                  grad_pool: torch.Tensor | None) -> torch.Tensor | None:
@@ -86,33 +87,34 @@ class NegativePlan:
         return total / max(self.num_anchors, 1)
 
     def index(self) -> torch.Tensor:
-        """The plan as a (P, K) long tensor of pool indices (row order of each row's negatives:
-        segment by segment, columns in order)."""
-        device = self.device
-        out = torch.empty(self.num_anchors, self.num_negatives, dtype=torch.long, device=device)
+        """The plan as a (P, K) long tensor of pool indices (a row's negatives segment by segment,
+        columns in order)."""
+        out = torch.empty(self.num_anchors, self.num_negatives, dtype=torch.long, device=self.device)
         for blk in self.blocks:
-            filled = torch.zeros(blk.stop - blk.start, dtype=torch.long, device=device)
+            n = blk.stop - blk.start
+            filled = torch.zeros(n, dtype=torch.long, device=self.device)
             for seg in blk.segments:
-                if isinstance(seg, GatheredSegment):
-                    out[blk.start:blk.stop] = seg.idx
-                    continue
-                rows = torch.arange(blk.stop - blk.start, device=device) if seg.rows is None else seg.rows
-                r, c = seg.weight.nonzero(as_tuple=True)  # row-major: columns in order within a row
-                if seg.weight.dtype != torch.bool:
-                    reps = seg.weight[r, c].long()
-                    r, c = r.repeat_interleave(reps), c.repeat_interleave(reps)
+                rows = torch.arange(n, device=self.device) if seg.rows is None else seg.rows
+                r, value = _entries(seg, len(rows))
                 counts = torch.bincount(r, minlength=len(rows))
-                first = counts.cumsum(0) - counts
-                slot = filled[rows][r] + torch.arange(len(r), device=device) - first[r]
-                out[blk.start + rows[r], slot] = seg.cand[c]
+                slot = filled[rows][r] + torch.arange(len(r), device=self.device) - (counts.cumsum(0) - counts)[r]
+                out[blk.start + rows[r], slot] = value
                 filled[rows] += counts
         return out
 
 
-def _compact_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Counts as bool when no column repeats within a row, else uint8 when they fit, else as they are."""
-    top = int(weight.max()) if weight.numel() else 0
-    return weight.bool() if top <= 1 else weight.to(torch.uint8) if top <= 255 else weight
+def _entries(seg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, pool index) of each of a segment's negatives, row-major, repeats expanded."""
+    if isinstance(seg, GatheredSegment):
+        if seg.weight is None:
+            return torch.arange(n, device=seg.idx.device).repeat_interleave(seg.idx.shape[1]), seg.idx.flatten()
+        r, c = seg.weight.nonzero(as_tuple=True)
+        return r, seg.idx[r, c]
+    r, c = seg.weight.nonzero(as_tuple=True)  # row-major: columns in order within a row
+    if seg.weight.dtype != torch.bool:
+        reps = seg.weight[r, c].long()
+        r, c = r.repeat_interleave(reps), c.repeat_interleave(reps)
+    return r, seg.cand[c]
 
 
 def plan_from_index(neg_index: torch.Tensor, pool_size: int, chunk: int = 1024, share_limit: int = 8) -> NegativePlan:
@@ -132,7 +134,8 @@ def plan_from_index(neg_index: torch.Tensor, pool_size: int, chunk: int = 1024, 
             continue
         column = torch.empty(pool_size, dtype=torch.long, device=device)
         column[cand] = torch.arange(len(cand), device=device)
-        weight = torch.zeros(len(idx), len(cand), device=device)
-        weight.scatter_add_(1, column[idx], torch.ones(idx.shape, device=device))  # (b, S) counts
-        blocks.append(Block(start, start + len(idx), [SharedSegment(None, cand, _compact_weight(weight))]))
+        counts = torch.zeros(len(idx), len(cand), dtype=torch.int16, device=device)
+        counts.scatter_add_(1, column[idx], torch.ones(idx.shape, dtype=torch.int16, device=device))  # (b, S)
+        weight = counts.bool() if int(counts.max()) <= 1 else counts.float()
+        blocks.append(Block(start, start + len(idx), [SharedSegment(None, cand, weight)]))
     return NegativePlan(blocks, p, k, device)

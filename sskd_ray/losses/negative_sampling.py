@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from sskd_ray.losses.negative_plan import Block, NegativePlan, SharedSegment
+from sskd_ray.losses.negative_plan import Block, GatheredSegment, NegativePlan, SharedSegment
 
 EPS = 1e-5  # float32 rounding leaves d(i, i) ~ 1e-7, which sqrt(d) would lift to ~3e-4: call it 0
 UNIFORM_ACCEPT = 0.5  # the uniform ablation's acceptance (decorrelates the anchors of a block)
@@ -109,9 +109,9 @@ def _draw_round(qa: torch.Tensor | None, env: torch.Tensor | None, cands: torch.
 
 def _exact_segments(qa: torch.Tensor | None, rows: torch.Tensor, need: torch.Tensor, cands: torch.Tensor | None,
                     num_cands: int, power: float, exclude: torch.Tensor | None,
-                    generator: torch.Generator | None) -> list[SharedSegment]:
+                    generator: torch.Generator | None) -> list[GatheredSegment]:
     """Exact multinomial draws over all candidates for the anchors rejection left short,
-    EXACT_ROWS at a time; each group's draws become one segment over its distinct candidates."""
+    EXACT_ROWS at a time (each row's draws are gathered: they share little with other rows')."""
     out = []
     device = rows.device
     for s in range(0, len(rows), EXACT_ROWS):
@@ -125,10 +125,7 @@ def _exact_segments(qa: torch.Tensor | None, rows: torch.Tensor, need: torch.Ten
         draws = torch.multinomial(weight.to(_rng_device(generator, device)), top, replacement=True,
                                   generator=generator).to(device)  # (n, top)
         valid = torch.arange(top, device=device)[None, :] < n_need[:, None]
-        cand, column = torch.unique(draws, return_inverse=True)
-        counts = torch.zeros(len(r), len(cand), device=device)
-        counts.scatter_add_(1, column, valid.float())  # (n, S) how often each row drew each candidate
-        out.append(SharedSegment(r, cand, counts))
+        out.append(GatheredSegment(draws, r, None if bool(valid.all()) else valid))
     return out
 
 
