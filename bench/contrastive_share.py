@@ -8,7 +8,8 @@ AdamW) side by side in one process for: L_con with the current implementation, L
 previous one (sskd_ray/losses/contrastive.py at commit 5fce3a9, from git history), and no L_con.
 The L_con time inside a step comes from `SectionTimer` wrapped around `Objective._contrastive`
 exactly as the integrator's lines do in objective.py. With --paper-steps > 0 the same at the
-paper's student (DINOv2-S + DPT, random weights, configs/cityscapes_10pct.yaml, batch 1).
+paper's student (DINOv2-S + DPT, random weights, configs/cityscapes_10pct.yaml: 518 px square, K 256,
+max_anchors 4096), batch 1, on the built-in scenes upscaled to 518 px.
 Medians over --steps steps after one warm-up step.
 """
 from __future__ import annotations
@@ -123,9 +124,8 @@ def main() -> None:
         if args.paper_steps > 0:
             paper = load_config(REPO / "configs" / "cityscapes_10pct.yaml")
             student = replace(paper.student, pretrained="")  # random weights: no download
-            big = Path(build_builtin_dataset(Path(tmp) / "paper", num_train=4, num_val=2, size=student.image_size,
-                                             seed=0, labeled_fraction=1.0))
-            lines += measure("paper", student, paper.loss, 1, student.image_size, args.paper_steps, big)
+            # the built-in scenes, upscaled by the training set's loader to the student's 518 px
+            lines += measure("paper", student, paper.loss, 1, student.image_size, args.paper_steps, data)
     print("\n".join(lines))
 
 

@@ -62,19 +62,19 @@ def sample_uniform_negatives(num_anchors: int, num_candidates: int, num_negative
 
 
 class _InfoNCEHead:
-    """Per anchor: log(exp(s+) + sum_k exp(s-_k)) - s+, s = cos / tau. State: the running logsumexp."""
+    """Per anchor: log(exp(s+) + sum_k exp(s-_k)) - s+ over logits s = cos / tau. State: the running
+    logsumexp. Heads see logits (similarities times `scale`) and give gradients w.r.t. logits."""
     needs_score_sum = False
 
     def __init__(self, temperature: float):
-        self.tau = temperature
+        self.scale = 1.0 / temperature
 
     def start(self, pos: torch.Tensor) -> torch.Tensor:
-        return pos / self.tau
+        return pos.clone()
 
-    def add(self, state, rows, pos, score, weight) -> None:
-        logits = score.div_(self.tau)  # (n, S)
-        top = logits.amax(1)
-        terms = (logits - top[:, None]).exp_()
+    def add(self, state, rows, pos, logits, weight) -> None:
+        top = logits.amax(1)  # (n,)
+        terms = logits.sub_(top[:, None]).exp_()  # in place: logits are not needed again
         if weight is not None:
             terms.mul_(weight)
         lse = top + terms.sum(1).log()  # -inf for a row with no negatives here: logaddexp keeps the rest
@@ -84,21 +84,20 @@ class _InfoNCEHead:
             state[rows] = torch.logaddexp(state[rows], lse)
 
     def loss(self, state, pos) -> torch.Tensor:
-        return state - pos / self.tau
+        return state - pos
 
-    def grad_scores(self, state, pos, grad, score, weight) -> torch.Tensor:
-        g = (score.div_(self.tau) - state[:, None]).exp_()  # softmax over the anchor's negatives
-        if weight is not None:
-            g.mul_(weight)
-        return g.mul_(grad / self.tau)
+    def grad_logits(self, state, pos, logits, weight) -> torch.Tensor:
+        g = logits.sub_(state[:, None]).exp_()  # softmax over the anchor's negatives (and positive)
+        return g.mul_(weight) if weight is not None else g
 
-    def grad_pos(self, state, pos, grad, score_sum) -> torch.Tensor:
-        return grad * ((pos / self.tau - state).exp() - 1) / self.tau
+    def grad_pos(self, state, pos, logit_sum) -> torch.Tensor:
+        return (pos - state).exp() - 1
 
 
 class _HingeHead:
     """Per anchor: mean_k max(0, m + cos(a, n_k) - cos(a, p)). State: the running sum."""
     needs_score_sum = True
+    scale = 1.0
 
     def __init__(self, margin: float, num_negatives: int):
         self.margin, self.k = margin, num_negatives
@@ -106,21 +105,19 @@ class _HingeHead:
     def start(self, pos: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(pos)
 
-    def add(self, state, rows, pos, score, weight) -> None:
-        h = (score + self.margin - (pos if rows is None else pos[rows])[:, None]).relu_()
+    def add(self, state, rows, pos, logits, weight) -> None:
+        h = logits.add_(self.margin).sub_((pos if rows is None else pos[rows])[:, None]).relu_()
         add_rows(state, rows, (h if weight is None else h.mul_(weight)).sum(1) / self.k)
 
     def loss(self, state, pos) -> torch.Tensor:
         return state
 
-    def grad_scores(self, state, pos, grad, score, weight) -> torch.Tensor:
-        g = (score + self.margin > pos[:, None]).float()
-        if weight is not None:
-            g.mul_(weight)
-        return g.mul_(grad / self.k)
+    def grad_logits(self, state, pos, logits, weight) -> torch.Tensor:
+        g = (logits + self.margin > pos[:, None]).float().div_(self.k)
+        return g.mul_(weight) if weight is not None else g
 
-    def grad_pos(self, state, pos, grad, score_sum) -> torch.Tensor:
-        return -score_sum
+    def grad_pos(self, state, pos, logit_sum) -> torch.Tensor:
+        return -logit_sum
 
 
 class _PlannedLoss(torch.autograd.Function):
@@ -133,12 +130,12 @@ class _PlannedLoss(torch.autograd.Function):
         with torch.autocast(anchors.device.type, enabled=False):
             total = anchors.new_zeros(())
             for blk in plan.blocks:
-                za, zp = anchors[blk.start:blk.stop], positives[blk.start:blk.stop]
-                pos = (za * zp).sum(1)  # (b,)
+                za = anchors[blk.start:blk.stop] * head.scale  # logits straight from the matmul
+                pos = (za * positives[blk.start:blk.stop]).sum(1)  # (b,)
                 state = head.start(pos)
                 for seg in blk.segments:
-                    score, weight = seg.scores(za if seg.rows is None else za[seg.rows], pool)
-                    head.add(state, seg.rows, pos, score, weight)
+                    logits, weight = seg.scores(za if seg.rows is None else za[seg.rows], pool)  # (n, S)
+                    head.add(state, seg.rows, pos, logits, weight)
                 total += head.loss(state, pos).sum()
                 states.append(state)
         ctx.save_for_backward(anchors, positives, pool, torch.cat(states))
@@ -156,21 +153,22 @@ class _PlannedLoss(torch.autograd.Function):
         with torch.autocast(anchors.device.type, enabled=False):
             for blk in ctx.plan.blocks:
                 part = slice(blk.start, blk.stop)
-                za, zp, state = anchors[part], positives[part], states[part]
+                za, zp, state = anchors[part] * head.scale, positives[part], states[part]
                 pos = (za * zp).sum(1)
-                score_sum = torch.zeros_like(pos) if head.needs_score_sum else None
+                za_g = za * grad  # dL/dpool = sum of dL/dlogit * za * scale * grad
+                logit_sum = torch.zeros_like(pos) if head.needs_score_sum else None
                 for seg in blk.segments:
                     take = (lambda t: t) if seg.rows is None else (lambda t: t[seg.rows])
-                    score, weight = seg.scores(take(za), pool)
-                    g = head.grad_scores(take(state), take(pos), grad, score, weight)  # (n, S)
-                    if score_sum is not None:
-                        add_rows(score_sum, seg.rows, g.sum(1))
-                    gz = seg.backprop(g, take(za), pool, need_a, grad_pool)
+                    logits, weight = seg.scores(take(za), pool)
+                    g = head.grad_logits(take(state), take(pos), logits, weight)  # (n, S) dL/dlogits
+                    if logit_sum is not None:
+                        add_rows(logit_sum, seg.rows, g.sum(1))
+                    gz = seg.backprop(g, take(za_g), pool, need_a, grad_pool)
                     if gz is not None:
                         add_rows(grad_a[part], seg.rows, gz)
-                gpos = head.grad_pos(state, pos, grad, score_sum)[:, None]  # (b, 1)
-                grad_a[part] += gpos * zp
-                grad_p[part] = gpos * za
+                gpos = head.grad_pos(state, pos, logit_sum)[:, None] * (grad * head.scale)  # (b, 1) dL/dcos+
+                grad_a[part] = grad_a[part] * (grad * head.scale) + gpos * zp
+                grad_p[part] = gpos * anchors[part]
         return grad_a if need_a else None, grad_p if need_p else None, grad_pool, None, None
 
 
