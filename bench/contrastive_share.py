@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import write_section  # noqa: E402
 from contrastive_memory import load_old  # noqa: E402
 
 import sskd_ray.train.objective as objective_module  # noqa: E402
@@ -126,6 +127,11 @@ def main() -> None:
             student = replace(paper.student, pretrained="")  # random weights: no download
             # the built-in scenes, upscaled by the training set's loader to the student's 518 px
             lines += measure("paper", student, paper.loss, 1, student.image_size, args.paper_steps, data)
+    head = [f"Command: `python bench/contrastive_share.py --steps {args.steps} --paper-steps {args.paper_steps}` "
+            f"(CPU, 2 torch threads; medians over the steps after one warm-up; the objective as in objective.py, "
+            "L_con timed by SectionTimer around `_contrastive`, its backward included). 'no L_con' also skips the "
+            "strong view's forward and backward, which L_con needs.", ""]
+    print(f"wrote {write_section('contrastive_share', chr(10).join(head + lines))}")
     print("\n".join(lines))
 
 
