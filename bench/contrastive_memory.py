@@ -43,6 +43,14 @@ from sskd_ray.losses.contrastive import contrastive_loss, info_nce, sample_negat
 
 NUM_QUERIES, NUM_CLASSES, TAU, BANK = 100, 10, 0.1, 10_000
 OLD_COMMIT = "5fce3a9"
+NOTES = ("Reading: the new path computes S ~ 1.15 K / acceptance similarities per anchor ('columns per anchor': "
+         "the block's shared proposals), one E-wide matmul column for acceptance and four D-wide ones in the loss "
+         "(forward, the backward's recomputation and its two matmuls), plus elementwise work over the (block, S) "
+         "acceptance matrix (one uniform per anchor and proposal, a threshold, a running count). The dense matmul "
+         "does K columns and no elementwise work, hence a ratio of roughly 3 S / K. A mode with lower acceptance "
+         "costs more columns (class: its E = 10 mixtures of classes look alike, so d is small and uneven). "
+         "'new via index' is `sample_negatives` + `info_nce` as objective.py calls them: it adds the (P, K) index "
+         "round trip (compaction, then finding each block's shared columns again).")
 
 
 def _rss_mb() -> float:
@@ -183,7 +191,7 @@ def main() -> None:
              f"(K = {args.negatives}, D = {args.dim}, E = {NUM_QUERIES + NUM_CLASSES}; {platform.processor() or platform.machine()}, "
              f"CPU, {torch.get_num_threads()} torch threads). Seconds are sampling + InfoNCE forward + backward; peak MB "
              "is the peak RSS above the baseline with the inputs built; 'columns per anchor' is how many similarities "
-             "the new path computes per anchor (K at best).", ""] + _table(rows, args)
+             "the new path computes per anchor (K at best).", ""] + _table(rows, args) + ["", NOTES]
     print(f"wrote {write_section('contrastive_memory', chr(10).join(lines))}")
     print("\n".join(lines))
 
