@@ -89,7 +89,7 @@ def time_steps(model_cfg, loss_cfg, batches, use_contrastive: bool, steps: int) 
             step_s.append(seconds)
             con_s.append(con)
     step, con = statistics.median(step_s), statistics.median(con_s)
-    return {"step_s": step, "con_s": con, "share": con / step}
+    return {"step_s": step, "con_s": con, "share": con / step, "con_each": [round(c, 3) for c in con_s]}
 
 
 def measure(name: str, model_cfg, loss_cfg, batch_size: int, image_size: int, steps: int, data_dir: Path) -> list[str]:

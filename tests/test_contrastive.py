@@ -221,9 +221,11 @@ def test_info_nce_on_scattered_indices_gathers_and_matches():
     a, p = (F.normalize(torch.randn(90, 8, generator=g), dim=1).requires_grad_() for _ in range(2))
     pool = F.normalize(torch.randn(5000, 8, generator=g), dim=1).requires_grad_()
     idx = torch.randint(0, 5000, (90, 6), generator=g)
-    assert isinstance(plan_from_index(idx, 5000, chunk=64).blocks[0].segments[0], GatheredSegment)
-    assert isinstance(plan_from_index(idx % 20, 5000, chunk=64).blocks[0].segments[0], SharedSegment)
-    for index in (idx, idx % 20):  # the gathered path, and the shared one with repeated columns (counts)
+    mixed = torch.cat([idx[:, :3], idx[:, 3:] % 20], 1)  # 3 scattered entries per row, 3 from 20 shared ones
+    kinds = [[type(seg) for seg in plan_from_index(index, 5000, chunk=64).blocks[0].segments]
+             for index in (idx[:, :1], idx % 20, mixed)]
+    assert kinds == [[GatheredSegment], [SharedSegment], [SharedSegment, GatheredSegment]]
+    for index in (idx, idx % 20, mixed):  # gathered; shared with repeated columns (counts); both in one block
         ours = info_nce(a, p, pool, index, 0.2, chunk=64)
         direct = _direct_loss(a, p, pool, index, "infonce", tau=0.2)
         assert torch.allclose(ours, direct, atol=1e-6)
@@ -269,9 +271,10 @@ class _SlowBackward(torch.autograd.Function):
         return grad, None
 
 
-def test_section_timer_counts_its_forward_and_backward_only():
+@pytest.mark.parametrize("device", DEVICES)
+def test_section_timer_counts_its_forward_and_backward_only(device):
     timer = SectionTimer()
-    x = torch.ones(3, requires_grad=True)
+    x = torch.ones(3, device=device, requires_grad=True)
     outside = _SlowBackward.apply(x, 0.3).sum()  # another term of the step: not counted
     inner = timer.begin(x)
     time.sleep(0.05)  # the section's forward
@@ -279,4 +282,4 @@ def test_section_timer_counts_its_forward_and_backward_only():
     (outside + section).backward()
     seconds = timer.pop()
     assert 0.15 <= seconds < 0.3  # 0.05 forward + 0.1 backward, without the 0.3 s outside
-    assert timer.pop() == 0.0 and torch.equal(x.grad, torch.full((3,), 2.0))
+    assert timer.pop() == 0.0 and torch.equal(x.grad, torch.full((3,), 2.0, device=device))

@@ -117,25 +117,40 @@ def _entries(seg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return r, seg.cand[c]
 
 
+def _singles(idx: torch.Tensor, single: torch.Tensor) -> list[GatheredSegment]:
+    """The entries of a block flagged `single`, gathered, for the rows that have any."""
+    rows = single.any(1).nonzero(as_tuple=True)[0]
+    if len(rows) == 0:
+        return []
+    flags = single[rows]  # (n, K)
+    width = int(flags.sum(1).max())
+    order = torch.argsort((~flags).to(torch.uint8), dim=1, stable=True)[:, :width]  # a row's singles first
+    mask = flags.gather(1, order)
+    every = len(rows) == len(idx)
+    return [GatheredSegment(idx[rows].gather(1, order), None if every else rows, None if bool(mask.all()) else mask)]
+
+
 def plan_from_index(neg_index: torch.Tensor, pool_size: int, chunk: int = 1024, share_limit: int = 8) -> NegativePlan:
-    """A plan for a given (P, K) index. A block whose rows use at most `share_limit` x K distinct
-    pool entries (true of the samplers' output, whose blocks share proposals) becomes a shared
-    segment; one that shares little is gathered."""
+    """A plan for a given (P, K) index. In each block of `chunk` rows, the pool entries that two or
+    more negatives use (the samplers' shared proposals) become one shared segment, scored by a
+    matmul, if there are at most `share_limit` x K of them; the rest (exact draws, indices that
+    share nothing) are gathered."""
     p, k = neg_index.shape
     device = neg_index.device
     blocks = []
     for start in range(0, p, chunk):
         idx = neg_index[start:start + chunk]  # (b, K)
-        used = torch.zeros(pool_size, dtype=torch.bool, device=device)
-        used[idx.flatten()] = True  # distinct entries without a sort: O(pool + b K)
-        cand = used.nonzero(as_tuple=True)[0]  # (S,)
-        if len(cand) > share_limit * k:
+        uses = torch.bincount(idx.flatten(), minlength=pool_size)  # O(pool + b K), no sort
+        cand = (uses >= 2).nonzero(as_tuple=True)[0]  # (S,)
+        if len(cand) == 0 or len(cand) > share_limit * k:
             blocks.append(Block(start, start + len(idx), [GatheredSegment(idx)]))
             continue
-        column = torch.empty(pool_size, dtype=torch.long, device=device)
+        shared = uses[idx] >= 2  # (b, K)
+        column = torch.zeros(pool_size, dtype=torch.long, device=device)
         column[cand] = torch.arange(len(cand), device=device)
         counts = torch.zeros(len(idx), len(cand), dtype=torch.int16, device=device)
-        counts.scatter_add_(1, column[idx], torch.ones(idx.shape, dtype=torch.int16, device=device))  # (b, S)
+        counts.scatter_add_(1, column[idx], shared.to(torch.int16))  # (b, S); singles add 0
         weight = counts.bool() if int(counts.max()) <= 1 else counts.float()
-        blocks.append(Block(start, start + len(idx), [SharedSegment(None, cand, weight)]))
+        segments = [SharedSegment(None, cand, weight)] + _singles(idx, ~shared)
+        blocks.append(Block(start, start + len(idx), segments))
     return NegativePlan(blocks, p, k, device)

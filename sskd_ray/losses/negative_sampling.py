@@ -25,6 +25,12 @@ expectation is unchanged. The uniform ablation accepts each proposal with probab
 exact rejection step with a constant acceptance), so anchors of a block do not all get the
 same negatives.
 
+Sizes. A pilot of PILOT proposals (then discarded) estimates each anchor's acceptance; the first
+round draws enough proposals for 95 % of the block's anchors, later rounds for the rest; anchors
+still short, or with acceptance below 1/16, get exact multinomial draws over all candidates, and
+so do all anchors of a block when there are no more candidates than proposals (tiny pools: exact
+is then cheaper, and draws of different anchors are independent).
+
 Envelope. b_i is the smaller of two bounds computed in O((P + M) E) (see `_envelope`): a ball
 around the candidates' mean, and a coordinate-wise minimum (qhat >= 0). When all pixels look
 alike (an untrained model: d small everywhere), b_i is small too, and acceptance stays high where
