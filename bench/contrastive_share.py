@@ -38,6 +38,11 @@ from sskd_ray.train.data import build_training_set, draw_batch  # noqa: E402
 from sskd_ray.train.objective import Objective  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+NOTES = ("Reading: 'L_con s' per step varies with the batch at the paper config: with random weights the student's "
+         "masks are nearly uniform, d is ~1e-5 for every pair, and for some batches most anchors accept under 1/16 "
+         "of the proposals, so they take the exact multinomial fallback over all candidates (their negatives are "
+         "gathered, not shared) on top of objective.py's (P, K) index round trip (compaction, then re-finding the "
+         "shared columns), which `contrastive_loss` skips (the objective lines in issue 18's report).")
 
 
 class TimedObjective(Objective):
@@ -131,7 +136,7 @@ def main() -> None:
             f"(CPU, 2 torch threads; medians over the steps after one warm-up; the objective as in objective.py, "
             "L_con timed by SectionTimer around `_contrastive`, its backward included). 'no L_con' also skips the "
             "strong view's forward and backward, which L_con needs.", ""]
-    print(f"wrote {write_section('contrastive_share', chr(10).join(head + lines))}")
+    print(f"wrote {write_section('contrastive_share', chr(10).join(head + lines + ['', NOTES]))}")
     print("\n".join(lines))
 
 
