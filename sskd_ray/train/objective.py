@@ -124,7 +124,8 @@ class Objective(nn.Module):
             device = generator.device if generator is not None else keep.device  # draw where the generator lives
             anchor_rows = torch.randperm(len(keep), generator=generator, device=device)[:cfg.max_anchors].to(keep.device)
         if cfg.sampler == "uniform":
-            neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device)
+            neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device,
+                                           exclude=anchor_rows)  # never the anchor's own pixel (its positive)
         else:
             neg = sample_negatives(qhat[anchor_rows], cfg.num_negatives, cfg.score_power, generator, candidates=cand_q)
         anchors, positives = anchors_all[keep][anchor_rows], positives_all[keep][anchor_rows]
