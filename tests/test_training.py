@@ -217,6 +217,9 @@ def test_two_workers_ddp_on_gloo(smoke_run, local_ray, tmp_path):
     model = build_model(spec.model, list(CLASS_NAMES))
     model.load_state_dict(state)  # saved unwrapped: loads into a plain model
     assert all(np.isfinite(v.float().numpy()).all() for v in state.values())
+    history = json.loads((tmp_path / "stage" / "history.json").read_text())
+    shares = [row["contrastive_share"] for row in history if "contrastive_share" in row]
+    assert shares and all(0.0 < v < 1.0 for v in shares)  # L_con's share of the step, logged per window
 
 
 def test_objective_trains_the_vfm_teacher_through_its_own_losses(smoke_run):

@@ -139,7 +139,9 @@ def train_loop_per_worker(config: dict) -> None:
     window: dict[str, list[float]] = {}
     tracking = config.get("tracking") or {}
     began, began_it = time.perf_counter(), start
+    con_timer = (objective.module if hasattr(objective, "module") else objective).contrastive_timer
     for it in range(start, stage.iterations):
+        step_began = time.perf_counter()
         _maybe_fail(it)
         factor = lr_factor(stage.schedule, it, stage.iterations)
         for group in optimizer.param_groups:
@@ -157,6 +159,10 @@ def train_loop_per_worker(config: dict) -> None:
         if stage.grad_clip > 0:
             terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(plain.parameters(), stage.grad_clip)
         optimizer.step()
+        if stage.use_contrastive:  # L_con's share of the step, its backward included (SectionTimer)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            window.setdefault("contrastive_share", []).append(con_timer.pop() / (time.perf_counter() - step_began))
         for key, value in terms.items():
             window.setdefault(key, []).append(float(value.detach()))
         done = it + 1

@@ -8,16 +8,19 @@ own `adaptation_loss`, not the set loss). A stage switches terms off through its
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sskd_ray.config import LossConfig
-from sskd_ray.losses.contrastive import info_nce, margin_hinge, sample_negatives, sample_uniform_negatives, sampling_embedding
+from sskd_ray.losses.contrastive import contrastive_loss, sampling_embedding
 from sskd_ray.losses.correspondence import strong_to_weak
 from sskd_ray.losses.diagnostics import false_negative_rate, instance_margin
 from sskd_ray.losses.memory_bank import MemoryBank
 from sskd_ray.losses.set_loss import set_loss
+from sskd_ray.losses.timing import SectionTimer
 from sskd_ray.models.outputs import SegOutput
 
 
@@ -53,6 +56,7 @@ class Objective(nn.Module):
                             no_object_weight=loss.no_object_weight, num_points=loss.num_points,
                             oversample_ratio=loss.oversample_ratio, importance_ratio=loss.importance_ratio)
         self.bank = MemoryBank(loss.memory_bank_size) if loss.negative_scope == "memory_bank" else None
+        self.contrastive_timer = SectionTimer()  # L_con's time, its backward included (the loop logs the share)
 
     def _graph_zero(self) -> torch.Tensor:
         """A 0 joined to the graph through one scalar of one trainable parameter, for a step in which no
@@ -88,9 +92,12 @@ class Objective(nn.Module):
                                           **self.weights)["loss"]
         diagnostics = {}
         if self.use_contrastive:
+            timer = self.contrastive_timer
             out_w = select(out, torch.arange(b, device=weak.device))
-            terms["loss_con"], diagnostics = self._contrastive(out_w, out.embeddings[b:], crop_boxes, strong_flipped,
-                                                               targets, labeled, generator)
+            out_con = replace(out_w, embeddings=timer.begin(out_w.embeddings))
+            terms["loss_con"], diagnostics = self._contrastive(out_con, timer.begin(out.embeddings[b:]), crop_boxes,
+                                                               strong_flipped, targets, labeled, generator)
+            terms["loss_con"] = timer.end(terms["loss_con"])
         total = (terms["loss_sup"] + self.cfg.pseudo_label_weight * terms["loss_pl"]
                  + self.cfg.contrastive_weight * terms["loss_con"])
         terms["loss"] = total if total.requires_grad else total + self._graph_zero()
@@ -108,7 +115,7 @@ class Objective(nn.Module):
         positives_all = aligned.permute(0, 2, 3, 1).reshape(-1, d)
         keep = valid.reshape(-1).nonzero(as_tuple=True)[0]  # pixels seen in both views
         if len(keep) == 0:
-            return weak_emb.sum() * 0.0, {}
+            return weak_emb.new_zeros((), dtype=torch.float32), {}
         with torch.no_grad():
             masks = F.interpolate(out_w.mask_logits.detach().float(), size=(h, w), mode="bilinear", align_corners=False)
             mode = "fusion" if cfg.sampler == "uniform" else cfg.sampler
@@ -123,16 +130,12 @@ class Objective(nn.Module):
         if len(keep) > cfg.max_anchors:  # bound the cost: a uniform subset of anchors per step
             device = generator.device if generator is not None else keep.device  # draw where the generator lives
             anchor_rows = torch.randperm(len(keep), generator=generator, device=device)[:cfg.max_anchors].to(keep.device)
-        if cfg.sampler == "uniform":
-            neg = sample_uniform_negatives(len(anchor_rows), pool.shape[0], cfg.num_negatives, generator, pool.device,
-                                           exclude=anchor_rows)  # never the anchor's own pixel (its positive)
-        else:
-            neg = sample_negatives(qhat[anchor_rows], cfg.num_negatives, cfg.score_power, generator, candidates=cand_q)
         anchors, positives = anchors_all[keep][anchor_rows], positives_all[keep][anchor_rows]
-        if cfg.loss_form == "hinge":
-            loss = margin_hinge(anchors, positives, pool, neg, cfg.margin)
-        else:
-            loss = info_nce(anchors, positives, pool, neg, cfg.temperature)
+        uniform = cfg.sampler == "uniform"  # uniform never draws the anchor's own pixel (its positive)
+        loss, plan = contrastive_loss(anchors, positives, pool, None if uniform else qhat[anchor_rows],
+                                      None if uniform else cand_q, cfg.num_negatives, cfg.temperature, cfg.score_power,
+                                      cfg.loss_form, cfg.margin, anchor_rows if uniform else None, generator)
+        neg = plan.index()  # (P, K) pool rows, for the diagnostics
         if self.bank is not None:
             self.bank.push(positives_all[keep], qhat)
         return loss, self._diagnostics(weak_emb, keep, anchor_rows, neg, banked, targets, labeled, (h, w))
