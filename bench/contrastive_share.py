@@ -41,44 +41,49 @@ REPO = Path(__file__).resolve().parents[1]
 NOTES = ("Reading: 'L_con s' per step varies with the batch at the paper config: with random weights the student's "
          "masks are nearly uniform, d is ~1e-5 for every pair, and for some batches most anchors accept under 1/16 "
          "of the proposals, so they take the exact multinomial fallback over all candidates (their negatives are "
-         "gathered, not shared) on top of objective.py's (P, K) index round trip (compaction, then re-finding the "
-         "shared columns), which `contrastive_loss` skips (the objective lines in issue 18's report).")
+         "gathered, not shared). 'old' is the previous sampler + InfoNCE (commit 5fce3a9) behind the same objective.")
 
 
-class TimedObjective(Objective):
-    """The objective with L_con's section timed (the integrator's lines, applied by subclassing)."""
+class _IndexPlan:
+    """The old path's (P, K) negatives, shaped like a NegativePlan for the objective's diagnostics."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.contrastive_timer = SectionTimer()
+    def __init__(self, neg: torch.Tensor):
+        self.neg = neg
 
-    def _contrastive(self, out_w, strong_emb, *rest):
-        timer = self.contrastive_timer
-        out_w = replace(out_w, embeddings=timer.begin(out_w.embeddings))
-        loss, diagnostics = super()._contrastive(out_w, timer.begin(strong_emb), *rest)
-        return timer.end(loss), diagnostics
+    def index(self) -> torch.Tensor:
+        return self.neg
+
+
+def _old_contrastive_loss(old):
+    """The objective's `contrastive_loss` call served by an older implementation's separate sampler + loss."""
+    def contrastive_loss(anchors, positives, pool, qhat_anchor, qhat_pool, num_negatives, temperature=0.1, power=1.0,
+                         form="infonce", margin=0.2, exclude=None, generator=None, **_):
+        if qhat_anchor is None:
+            neg = old.sample_uniform_negatives(anchors.shape[0], pool.shape[0], num_negatives, generator, pool.device)
+        else:
+            neg = old.sample_negatives(qhat_anchor, num_negatives, power, generator, candidates=qhat_pool)
+        loss = (old.margin_hinge(anchors, positives, pool, neg, margin) if form == "hinge"
+                else old.info_nce(anchors, positives, pool, neg, temperature))
+        return loss, _IndexPlan(neg)
+    return contrastive_loss
 
 
 @contextmanager
 def implementation(old):
-    """Swap the objective's sampling and loss functions for another implementation's."""
-    names = ("sample_negatives", "sample_uniform_negatives", "info_nce", "margin_hinge")
-    saved = {n: getattr(objective_module, n) for n in names}
+    """Swap the objective's contrastive_loss for another implementation's (None: the current one)."""
+    saved = objective_module.contrastive_loss
     if old is not None:
-        for n in names:
-            setattr(objective_module, n, getattr(old, n))
-        objective_module.sample_uniform_negatives = lambda *a, exclude=None, **k: old.sample_uniform_negatives(*a, **k)
+        objective_module.contrastive_loss = _old_contrastive_loss(old)
     try:
         yield
     finally:
-        for n, f in saved.items():
-            setattr(objective_module, n, f)
+        objective_module.contrastive_loss = saved
 
 
 def time_steps(model_cfg, loss_cfg, batches, use_contrastive: bool, steps: int) -> dict:
     torch.manual_seed(0)
     model = build_model(model_cfg, list(CLASS_NAMES))
-    objective = TimedObjective(model, loss_cfg, use_pseudo_labels=False, use_contrastive=use_contrastive)
+    objective = Objective(model, loss_cfg, use_pseudo_labels=False, use_contrastive=use_contrastive)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     step_s, con_s = [], []
