@@ -32,7 +32,6 @@ from contrastive_memory import load_old  # noqa: E402
 import sskd_ray.train.objective as objective_module  # noqa: E402
 from sskd_ray.config import load_config  # noqa: E402
 from sskd_ray.data.builtin import CLASS_NAMES, build_builtin_dataset  # noqa: E402
-from sskd_ray.losses.timing import SectionTimer  # noqa: E402
 from sskd_ray.models.build import build_model  # noqa: E402
 from sskd_ray.train.data import build_training_set, draw_batch  # noqa: E402
 from sskd_ray.train.objective import Objective  # noqa: E402

@@ -38,7 +38,7 @@ def main() -> None:
     from sskd_ray.label.pipeline import run_labeling
     from sskd_ray.label.predictor import TeacherPredictor
     from sskd_ray.label.run import resolve_teacher
-    from sskd_ray.label.sources import list_images, plan_shards
+    from sskd_ray.label.sources import list_images
 
     tmp = Path(tempfile.mkdtemp(prefix="plbench-"))
     data = Path(build_builtin_dataset(tmp / "data", num_train=args.images, num_val=1))
@@ -51,8 +51,8 @@ def main() -> None:
         start = time.perf_counter()
         predictor = TeacherPredictor(spec, str(tmp / f"plain{threads}"), teacher_id, size, cfg.score_threshold,
                                      cfg.top_k, cfg.batch_size, cfg.max_image_pixels, torch_threads=threads)
-        for shard in plan_shards(images, cfg.images_per_shard):
-            predictor.label_shard(shard["shard"], shard["images"])
+        for i in range(0, len(images), cfg.images_per_shard):  # the same shards Ray Data gets
+            predictor.label_shard(f"shard-plain-{i:06d}", images[i:i + cfg.images_per_shard])
         return len(images) / (time.perf_counter() - start)
 
     base = plain(1)

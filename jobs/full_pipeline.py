@@ -19,6 +19,7 @@ from pathlib import Path
 from sskd_ray import storage
 from sskd_ray.config import load_config
 from sskd_ray.ray_setup import init_ray
+from sskd_ray.redaction import redact
 from sskd_ray.train.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def main() -> None:
     init_ray()
     start = time.perf_counter()
     run_pipeline(cfg, run_dir, only=args.stage)
-    print(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir}")
+    print(redact(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir}"))
 
 
 if __name__ == "__main__":

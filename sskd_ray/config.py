@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sskd_ray import storage
+from sskd_ray.redaction import redact
 
 
 class ConfigError(ValueError):
@@ -307,7 +308,8 @@ def flatten_config(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> str:
-    return storage.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """The config as YAML, secrets in URIs replaced by *** (sskd_ray.redaction): not a way to carry them."""
+    return storage.write_text(path, yaml.safe_dump(redact(config_to_dict(cfg)), sort_keys=False))
 
 
 def config_digest(cfg: Any) -> str:

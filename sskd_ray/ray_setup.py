@@ -7,19 +7,45 @@ from pathlib import Path
 from sskd_ray import storage
 
 
-def init_ray(local_cpus: int | None = None) -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+LOCAL_ENV = "SSKD_RAY_LOCAL"  # =1: always a private local Ray, even where a cluster runs on this machine
 
-    Locally the CPU count is logical: at least 4, so an actor pool cannot take every slot and
-    starve the read tasks on a 2-core machine (the hang seen in RAY_NOTES.md)."""
+
+def init_ray(local_cpus: int | None = None, address: str | None = None) -> dict:
+    """Join a running Ray cluster, else start a private local one; print which, and return
+    {"mode", "address", "CPU", "GPU"}.
+
+    `address` (or RAY_ADDRESS, as under `ray job submit`) names a cluster; "local" (or SSKD_RAY_LOCAL=1)
+    forces a private local Ray. With neither, `ray.init()` finds a cluster started on this machine
+    by `ray start --head` and joins it, and only when there is none starts a local Ray. Resources
+    are passed only when starting one (Ray refuses them when connecting, RAY_NOTES.md). Locally the
+    CPU count is logical: at least 4, so an actor pool cannot take every slot and starve the read
+    tasks on a 2-core machine (the hang seen in RAY_NOTES.md)."""
     import ray
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+    if not ray.is_initialized():
+        wanted = address or os.environ.get("RAY_ADDRESS", "")
+        local = wanted == "local" or (not address and os.environ.get(LOCAL_ENV, "") not in ("", "0"))
+        cpus = local_cpus or max(4, os.cpu_count() or 1)
+        if local:
+            ray.init(address="local", num_cpus=cpus)
+        elif wanted:
+            ray.init(address=wanted, log_to_driver=True)
+        else:
+            try:
+                ray.init(address="auto", log_to_driver=True)  # a `ray start --head` on this machine
+            except ConnectionError:
+                ray.init(address="local", num_cpus=cpus)
+                local = True
+        mode = "started a local Ray" if local else "joined the Ray cluster"
     else:
-        ray.init(num_cpus=local_cpus or max(4, os.cpu_count() or 1))
+        mode = "using the Ray already initialised"
+    context = ray.get_runtime_context()
+    resources = ray.cluster_resources()
+    info = {"mode": mode, "address": context.gcs_address, "CPU": resources.get("CPU", 0),
+            "GPU": resources.get("GPU", 0)}
+    print(f"ray: {mode} at {info['address']} ({info['CPU']:g} CPUs, {info['GPU']:g} GPUs, "
+          f"{len([n for n in ray.nodes() if n['Alive']])} node(s)); {LOCAL_ENV}=1 forces a private local Ray")
+    return info
 
 
 def check_shared_storage(path: str) -> None:

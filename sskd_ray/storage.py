@@ -26,6 +26,8 @@ from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
+from sskd_ray.redaction import redact
+
 
 def is_uri(location: str | os.PathLike) -> bool:
     """True for scheme://... locations other than file:// (those are local paths)."""
@@ -34,14 +36,16 @@ def is_uri(location: str | os.PathLike) -> bool:
 
 
 def normalize(location: str | os.PathLike) -> str:
-    """A canonical string: URIs without a trailing slash, local paths absolute (file:// dropped)."""
+    """A canonical string: URIs without a trailing slash, local paths absolute (file:// dropped).
+    Symbolic links are kept, not resolved: a pool of links is labeled under the links' own paths,
+    which stay inside the pool even when their targets live elsewhere (issue 22)."""
     text = os.fspath(location)
     if text.startswith("file://"):
         text = text[len("file://"):]
     if is_uri(text):
         scheme, rest = text.split("://", 1)
         return f"{scheme}://{rest.rstrip('/')}" if rest.strip("/") else f"{scheme}://{rest}"
-    return str(Path(text).expanduser().resolve())
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def join(location: str | os.PathLike, *parts: str) -> str:
@@ -75,7 +79,7 @@ def relative_to(location: str | os.PathLike, base: str | os.PathLike) -> str:
     """`location` below `base`, as a posix relative path (for links in reports)."""
     text, root = normalize(location), normalize(base).rstrip("/") + "/"
     if not text.startswith(root):
-        raise ValueError(f"{text} is not under {base}")
+        raise ValueError(f"{redact(text)} is not under {redact(str(base))}")
     return text[len(root):].replace(os.sep, "/")
 
 
@@ -95,7 +99,7 @@ def filesystem(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     try:
         fs = _uri_filesystem(f"{scheme}://{bucket}")
     except Exception as err:  # unknown scheme, missing credentials, bad bucket name ...
-        raise OSError(f"cannot open storage for {text}: {err}") from err
+        raise OSError(f"cannot open storage for {redact(text)}: {redact(str(err))}") from err
     return fs, rest
 
 
@@ -146,11 +150,11 @@ def fetch_bytes(location: str | os.PathLike) -> bytes:
         with fs.open_input_stream(path) as stream:
             return stream.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {normalize(location)}") from None
+        raise FileNotFoundError(f"no such file: {redact(normalize(location))}") from None
     except OSError as err:
         if not exists(location):
-            raise FileNotFoundError(f"no such file: {normalize(location)}") from None
-        raise OSError(f"cannot read {normalize(location)}: {err}") from err
+            raise FileNotFoundError(f"no such file: {redact(normalize(location))}") from None
+        raise OSError(f"cannot read {redact(normalize(location))}: {redact(str(err))}") from err
 
 
 def read_text(location: str | os.PathLike) -> str:

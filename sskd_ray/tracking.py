@@ -4,6 +4,10 @@ The tracking URI comes from the config, else `MLFLOW_TRACKING_URI`, else a sqlit
 directory (a real database, no server; a run directory on s3:// or gs:// needs one of the first
 two). Nothing happens at import; every function takes the URI explicitly so Ray workers on other
 nodes can log to the same place. Artifacts may be local files or URIs (downloaded to log them).
+
+Secrets: the URI given here is the one used to connect (credentials in it included), but what is
+stored (params, tags, run names) goes through sskd_ray.redaction first, and MLflow's own "View run
+at <url>" line is switched off for a URI that carries credentials.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any, Iterator
 
 from sskd_ray import storage
 from sskd_ray.config import ConfigError
+from sskd_ray.redaction import redact
 
 MAX_PARAM_LENGTH = 6000
 
@@ -30,9 +35,16 @@ def resolve_tracking_uri(configured: str, run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
+def _quiet_if_secret(uri: str) -> None:
+    """MLflow prints the tracking URL, userinfo and all, when a run ends: not for a URI with secrets."""
+    if redact(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
 def _client(uri: str):
     import mlflow
 
+    _quiet_if_secret(uri)
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow 3 also exports the URI to the environment: every later run of this process (and every
@@ -70,7 +82,7 @@ def find_run(uri: str, experiment: str, tags: dict[str, str]) -> str | None:
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in redact(tags).items())
     runs = mlflow.search_runs([exp.experiment_id], filter_string=query, order_by=["start_time DESC"],
                               max_results=1, output_format="list")
     return runs[0].info.run_id if runs else None
@@ -83,22 +95,23 @@ def start_run(uri: str, experiment: str, name: str, *, parent_id: str | None = N
     """Start (or reopen, given `run_id`) a run; yields its id. Nested under `parent_id` when given."""
     mlflow = _client(uri)
     exp_id = _experiment_id(mlflow, experiment, _artifact_location(uri, run_dir))
-    all_tags = dict(tags or {})
+    all_tags = redact(dict(tags or {}))
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                          run_name=None if run_id else name, tags=all_tags or None, nested=True) as run:
+                          run_name=None if run_id else redact(name), tags=all_tags or None, nested=True) as run:
         yield run.info.run_id
 
 
 def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
-    """Flat params (`a.b` keys); values are stringified and cut to MLflow's limit."""
+    """Flat params (`a.b` keys); values are redacted, stringified and cut to MLflow's limit."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
+    _quiet_if_secret(uri)
     client = MlflowClient(uri)
     existing = client.get_run(run_id).data.params
-    batch = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+    batch = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in redact(dict(params)).items() if k not in existing]
     for i in range(0, len(batch), 100):
         client.log_batch(run_id, params=batch[i:i + 100])
 
@@ -112,6 +125,7 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | No
     batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if batch:
+        _quiet_if_secret(uri)
         MlflowClient(uri).log_batch(run_id, metrics=batch)
 
 
@@ -133,4 +147,5 @@ def log_artifacts(uri: str, run_id: str, paths: list[str | Path], artifact_path:
 def set_terminated(uri: str, run_id: str, status: str = "FINISHED") -> None:
     from mlflow.tracking import MlflowClient
 
+    _quiet_if_secret(uri)
     MlflowClient(uri).set_terminated(run_id, status)

@@ -118,3 +118,135 @@ def test_multi_node_run_refuses_storage_one_node_cannot_see(tmp_path):
     assert "s3://" in refused[0]  # the message says what to use instead
     assert f"SHARED {shared}" in lines
     assert list(hidden.iterdir()) == []  # the marker is cleaned up on the head's side too
+
+
+INIT = """
+import json
+from sskd_ray.ray_setup import init_ray
+info = init_ray()
+print("INFO", json.dumps(info))
+"""
+
+
+def _clean_env() -> dict:
+    import os
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(REPO)}
+    for key in ("RAY_ADDRESS", "SSKD_RAY_LOCAL"):
+        env.pop(key, None)
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (RAY_NOTES.md)
+        env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
+def _init_info(env: dict) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("INFO "))
+    assert "ray: " in result.stdout  # it says what it did
+    return json.loads(line[len("INFO "):])
+
+
+@pytest.mark.slow
+def test_init_ray_joins_a_running_head_or_starts_its_own(tmp_path):
+    """Issue 22 (3): with `ray start --head` running and RAY_ADDRESS unset, a job joins that cluster (it
+    used to crash: 'num_cpus and num_gpus must not be provided'); SSKD_RAY_LOCAL=1 gets a private Ray."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _clean_env()
+    # --block: the head lives as long as this process, and stopping it stops only this cluster
+    head = subprocess.Popen([Path(sys.executable).parent / "ray", "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
+            time.sleep(0.5)
+        time.sleep(2)
+        joined = _init_info(env)
+        local = _init_info({**env, "SSKD_RAY_LOCAL": "1"})
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
+    assert joined["mode"] == "joined the Ray cluster" and joined["address"].endswith(f":{port}")
+    assert joined["CPU"] == 3 and joined["GPU"] == 0
+    assert local["mode"] == "started a local Ray" and not local["address"].endswith(f":{port}") and local["CPU"] >= 4
+
+
+@pytest.mark.slow
+def test_labeling_survives_losing_a_node(builtin_dir, tmp_path):
+    """Issue 22 (6a), the way Ray tests itself (`ray.cluster_utils.Cluster`, several nodes in one
+    process tree): labeling with one actor on each of two worker nodes, one node removed after the
+    first shard is written; the run finishes and the store holds every image exactly once."""
+    import dataclasses
+    import threading
+    import time
+
+    from ray.cluster_utils import Cluster
+
+    from sskd_ray.config import LabelConfig, ModelConfig
+    from sskd_ray.data.builtin import CLASS_NAMES
+    from sskd_ray.data.pseudo_labels import read_store, shard_paths
+    from sskd_ray.label.manifest import write_manifest
+    from sskd_ray.label.pipeline import run_labeling
+    from sskd_ray.models.build import tiny_model_config
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node runs no actor
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    out = tmp_path / "out"
+    spec = {"model": dataclasses.asdict(tiny_model_config(ModelConfig())), "class_names": list(CLASS_NAMES),
+            "category_ids": list(range(1, 11)), "checkpoint": ""}
+    manifest = write_manifest(str(builtin_dir / "images" / "train"), out)
+    result: dict = {}
+
+    def label() -> None:
+        try:
+            result["summary"] = run_labeling(manifest, out, spec, "tiny@0", 64,
+                                             LabelConfig(images_per_shard=2, num_actors=2, batch_size=2,
+                                                         score_threshold=0.0))
+        except BaseException as err:  # reported by the assertion below
+            result["error"] = err
+
+    thread = threading.Thread(target=label, daemon=True)
+    added_back = False
+    try:
+        thread.start()
+        deadline = time.time() + 180
+        while not shard_paths(out) and time.time() < deadline and thread.is_alive():
+            time.sleep(0.05)
+        shards_before = len(shard_paths(out))
+        cluster.remove_node(workers[1], allow_graceful=False)
+        thread.join(timeout=120)
+        if thread.is_alive():  # the pool waits for its lost actor's slot: a replacement node arrives
+            added_back = True
+            cluster.add_node(num_cpus=1)
+            thread.join(timeout=180)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(f"node removed after {shards_before} of 12 shards; node added back: {added_back}")
+    assert 1 <= shards_before < 12, f"the node was removed after {shards_before} of 12 shards"
+    assert "error" not in result, repr(result.get("error"))
+    keys = read_store(out).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 24
+    assert result["summary"]["images_labeled"] == 24 and result["summary"]["problems"] == []

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _job(images, out, *extra):
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT), "SSKD_RAY_LOCAL": "1"}
     env.pop("RAY_ADDRESS", None)
     return [sys.executable, str(ROOT / "jobs" / "pseudo_label.py"), "--images", str(images), "--teacher", "builtin",
             "--out", str(out), "--smoke", "label.images_per_shard=3", "label.score_threshold=0.0", *extra], env
@@ -50,3 +50,29 @@ def test_killed_run_resumes_to_the_same_store(builtin_dir, tmp_path):
         [MlflowClient(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}").get_experiment_by_name("sskd-ray").experiment_id])
     assert any("quality_mask_AP" in r.data.metrics for r in runs)
     assert (tmp_path / "killed" / "scores.png").stat().st_size > 1000
+
+
+def test_empty_pool_fails_naming_the_path(tmp_path):
+    """Issue 22 (5): a folder without images is an error naming it (it used to exit 0, 'images_seen 0')."""
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "readme.txt").write_text("no images here")
+    cmd, env = _job(tmp_path / "pool", tmp_path / "out")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"no images in '{tmp_path / 'pool'}'" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").glob("shard-*"))
+
+
+def test_pipeline_refuses_an_empty_unlabeled_pool_before_training(tmp_path, monkeypatch):
+    """Every training image labeled: nothing to pseudo-label, so the pipeline stops before its first stage."""
+    import pytest
+
+    from sskd_ray.config import ConfigError, load_config
+    from sskd_ray.train.pipeline import run_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config([str(ROOT / "configs" / "default.yaml"), str(ROOT / "configs" / "smoke.yaml")],
+                      ["data.labeled_fraction=1.0"])
+    with pytest.raises(ConfigError, match=r"unlabeled pool is empty: .*unlabeled.json"):
+        run_pipeline(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "teacher").exists()  # nothing was trained or evaluated

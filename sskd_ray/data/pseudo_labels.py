@@ -2,9 +2,15 @@
 
 Columns: image_id int64, file_name string, height/width int32, instances list<struct<category_id
 int32, score float32, bbox list<float32> (xywh), segmentation string (COCO RLE counts)>>, teacher
-string (model id + checkpoint hash). The store is a folder or a URI (sskd_ray.storage); a shard is
-written whole (a temporary name renamed, or one object upload), so a shard that exists is complete
-and a re-run skips the shards already there.
+string (model id + checkpoint hash), key string (issue 22).
+
+`key` identifies the image a row labels: its location as listed (an absolute local path or a URI,
+symbolic links kept as the link's own path, never resolved). A labeling run labels the pool images
+whose key is not in the store yet (`stored_keys`, which reads only that column). Stores written
+before the column existed have no key (null when read): their rows are matched by `image_id`.
+
+The store is a folder or a URI (sskd_ray.storage); a shard is written whole (a temporary name
+renamed, or one object upload), so a shard that exists is complete.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from sskd_ray import storage
@@ -33,6 +40,7 @@ SCHEMA = pa.schema([
     ("width", pa.int32()),
     ("instances", pa.list_(INSTANCE_TYPE)),
     ("teacher", pa.string()),
+    ("key", pa.string()),
 ])
 
 
@@ -57,6 +65,27 @@ def read_store(store: str | Path) -> pa.Table:
     if not paths:
         return SCHEMA.empty_table()
     return pa.concat_tables(_read_shard(p) for p in paths)
+
+
+def stored_keys(store: str | Path) -> tuple[set[str], set[int], int]:
+    """-> (keys of the labeled images, image_ids of rows without a key (old stores), row count), read
+    with column projection: only `key` and `image_id` leave the files, whatever the store's size."""
+    paths = shard_paths(store)
+    if not paths:
+        return set(), set(), 0
+    fs, _ = storage.filesystem(paths[0])
+    dataset = pads.dataset([storage.filesystem(p)[1] for p in paths], schema=SCHEMA, format="parquet", filesystem=fs)
+    keys: set[str] = set()
+    legacy: set[int] = set()
+    rows = 0
+    for batch in dataset.to_batches(columns=["key", "image_id"]):
+        rows += batch.num_rows
+        column = batch.column(0)
+        if column.null_count:
+            legacy.update(batch.filter(column.is_null()).column(1).to_pylist())
+            column = column.drop_null()
+        keys.update(column.to_pylist())
+    return keys, legacy, rows
 
 
 def store_teachers(store: str | Path) -> set[str]:

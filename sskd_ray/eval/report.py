@@ -6,6 +6,7 @@ import time
 
 from sskd_ray import storage
 from sskd_ray.eval.plots import plot_stages, save_figure
+from sskd_ray.redaction import redact
 
 
 def _fmt(value) -> str:
@@ -132,6 +133,6 @@ def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, 
     text += ["## Training curves", "", "![losses](losses.png)", ""]
     text += [f"- {name}: ![{name}]({storage.relative_to(spec.folder, run_dir)}/losses.png)"
              for name, spec in specs.items() if storage.is_file(storage.join(spec.folder, "losses.png"))]
-    path = storage.write_text(at("report.md"), "\n".join(text) + "\n")
-    print("\n" + table + f"\n\nreport: {path}")
+    path = storage.write_text(at("report.md"), redact("\n".join(text) + "\n"))  # no URI secrets on disk
+    print(redact("\n" + table + f"\n\nreport: {path}"))
     return path

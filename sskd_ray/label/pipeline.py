@@ -1,23 +1,32 @@
-"""Pseudo-labeling with Ray Data: shards of image paths -> actor pool of teachers -> Parquet store.
+"""Pseudo-labeling with Ray Data: pending shards of the pool's manifest -> actor pool of teachers ->
+Parquet store.
 
-Resume is a deterministic shard manifest: shard names derive from their member paths, a shard's
-Parquet file appears atomically when it is done, and a re-run with the same `out` only sends the
-shards without a file. `out/teacher.json` pins the teacher identity; another teacher is refused.
+Resume is by image key (pseudo_labels.py): a run labels the manifest's images whose key is not in
+the store yet, cut into shards named after this run and their members (manifest.py), so a grown pool
+labels only its new images and another shard size never relabels anything. A shard's Parquet file
+appears atomically when it is done, so a killed run leaves whole shards, and its unfinished images
+are still pending next time. `out/teacher.json` pins the teacher identity; another teacher is refused.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 
 from sskd_ray import storage
 from sskd_ray.config import LabelConfig
-from sskd_ray.data.pseudo_labels import export_coco_results, read_store
+from sskd_ray.data.pseudo_labels import export_coco_results, shard_paths
+from sskd_ray.label.manifest import count_in_store, new_run_id, plan_pending, write_manifest
 from sskd_ray.label.predictor import TeacherPredictor
-from sskd_ray.label.sources import plan_shards
+from sskd_ray.redaction import redact
+
+WINDOW_SHARDS = 1024  # pending shards handed to Ray Data at a time: the driver never holds the whole plan
 
 
 class TeacherMismatchError(RuntimeError):
@@ -47,52 +56,85 @@ def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
                            f"but the Ray cluster has {have:g}; set label.num_gpus_per_actor=0 for CPU")
 
 
-def run_labeling(images: list[dict], out: str | Path, teacher_spec: dict, teacher_id: str, image_size: int,
-                 cfg: LabelConfig) -> dict:
-    """Label `images` into `out` (a folder or URI); returns the summary (also out/summary.json)."""
+def run_labeling(images: str | Iterable[dict], out: str | Path, teacher_spec: dict, teacher_id: str,
+                 image_size: int, cfg: LabelConfig) -> dict:
+    """Label the images of a manifest (its location) or of image dicts (written to out/manifest.parquet)
+    that `out` (a folder or URI) does not hold yet; returns the summary (also out/summary.json)."""
     out = storage.normalize(out)
     claim_output(out, teacher_id)
-    shards = plan_shards(images, cfg.images_per_shard)
-    done = {storage.name(p) for p in storage.list_files(out, "shard-*.parquet")}
-    pending = [s for s in shards if f"{s['shard']}.parquet" not in done]
+    manifest = images if isinstance(images, str) else write_manifest(images, out)
     check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
+    run_id = new_run_id()
+    plan = plan_pending(manifest, out, cfg.images_per_shard, run_id)
     start = time.perf_counter()
-    if pending:
-        ds = ray.data.from_items([{"shard": s["shard"], "images": json.dumps(s["images"])} for s in pending],
-                                 override_num_blocks=len(pending))
-        pool = ray.data.ActorPoolStrategy(min_size=cfg.num_actors, max_size=max(cfg.max_actors, cfg.num_actors))
-        ds = ds.map_batches(
-            TeacherPredictor, batch_size=1, compute=pool,
-            fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=out, teacher_id=teacher_id,
-                                       image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
-                                       batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
-                                       torch_threads=cfg.torch_threads),
-            num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
-        ds.take_all()  # results are on disk; the returned rows are only per-shard counts
-    return summarise(out, [s["shard"] for s in shards], len(images), time.perf_counter() - start, len(pending))
+    shard_names, pending = [], 0
+    while window := list(itertools.islice(plan, WINDOW_SHARDS)):
+        shard_names += [s["shard"] for s in window]
+        pending += sum(len(s["images"]) for s in window)
+        _label_window(window, out, teacher_spec, teacher_id, image_size, cfg)
+    seconds = time.perf_counter() - start
+    return summarise(out, manifest, {"id": run_id, "shards": shard_names, "images_pending": pending,
+                                     "seconds": seconds})
 
 
-def summarise(out: str, shard_names: list[str], num_images: int, seconds: float, shards_run: int) -> dict:
-    errors = []
-    written = set(storage.list_files(storage.join(out, "errors"), "*.json"))
-    for name in shard_names:
-        path = storage.join(out, "errors", f"{name}.json")
-        if path in written:
-            errors += storage.read_json(path)
-    storage.write_text(storage.join(out, "errors.jsonl"), "".join(json.dumps(e) + "\n" for e in errors))
-    table = read_store(out)
+def _label_window(shards: list[dict], out: str, teacher_spec: dict, teacher_id: str, image_size: int,
+                  cfg: LabelConfig) -> None:
+    ds = ray.data.from_items([{"shard": s["shard"], "images": json.dumps(s["images"])} for s in shards],
+                             override_num_blocks=len(shards))
+    pool = ray.data.ActorPoolStrategy(min_size=min(cfg.num_actors, len(shards)),
+                                      max_size=max(cfg.max_actors, cfg.num_actors))
+    ds = ds.map_batches(
+        TeacherPredictor, batch_size=1, compute=pool,
+        fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=out, teacher_id=teacher_id,
+                                   image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
+                                   batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
+                                   torch_threads=cfg.torch_threads),
+        num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
+    ds.take_all()  # results are on disk; the returned rows are only per-shard counts
+
+
+def _store_statistics(out: str) -> dict:
+    """Instances per class and the score histogram, one shard (two nested columns) at a time."""
     per_class: dict[int, int] = {}
-    scores = []
-    for insts in table.column("instances").to_pylist():
-        for inst in insts:
-            per_class[inst["category_id"]] = per_class.get(inst["category_id"], 0) + 1
-            scores.append(inst["score"])
-    hist, edges = np.histogram(scores, bins=10, range=(0.0, 1.0))
-    summary = {"images_seen": num_images, "images_labeled": table.num_rows, "images_skipped": len(errors),
-               "instances": len(scores), "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
-               "score_histogram": {"edges": edges.round(2).tolist(), "counts": hist.tolist()},
-               "shards_run": shards_run, "seconds": seconds,
-               "images_per_second": (table.num_rows / seconds) if shards_run and seconds > 0 else None}
-    storage.write_json(storage.join(out, "summary.json"), summary)
+    hist = np.zeros(10, dtype=np.int64)
+    for path in shard_paths(out):
+        fs, inner = storage.filesystem(path)
+        for insts in pq.read_table(inner, columns=["instances"], filesystem=fs).column(0).to_pylist():
+            for inst in insts:
+                per_class[inst["category_id"]] = per_class.get(inst["category_id"], 0) + 1
+            hist += np.histogram([i["score"] for i in insts], bins=10, range=(0.0, 1.0))[0]
+    edges = np.linspace(0.0, 1.0, 11)
+    return {"instances": int(hist.sum()), "instances_per_class": {str(k): v for k, v in sorted(per_class.items())},
+            "score_histogram": {"edges": edges.round(2).tolist(), "counts": hist.tolist()}}
+
+
+def summarise(out: str, manifest: str, run: dict) -> dict:
+    """out/summary.json: the pool against the store in total, and this run's counts (kept per run)."""
+    errors, names = [], run.pop("shards")
+    run["shards"] = len(names)
+    for name in names:
+        path = storage.join(out, "errors", f"{name}.json")
+        if storage.is_file(path):
+            errors += storage.read_json(path)
+    storage.write_text(storage.join(out, "errors.jsonl"), "".join(json.dumps(redact(e)) + "\n" for e in errors))
+    counts = count_in_store(manifest, out)
+    labeled_now = run["images_pending"] - len(errors)
+    run.update(images_labeled=labeled_now, images_skipped=len(errors),
+               images_per_second=labeled_now / run["seconds"] if labeled_now and run["seconds"] > 0 else None)
+    problems = []
+    if counts["duplicate_rows"]:
+        problems.append(f"{counts['duplicate_rows']} row(s) label an image that already has a row (duplicate keys)")
+    if counts["rows_outside_pool"]:
+        problems.append(f"{counts['rows_outside_pool']} image(s) in the store are not in this pool "
+                        f"(the pool shrank, or --out is shared with another pool)")
+    if problems:
+        print(f"WARNING: pseudo-label store {redact(out)}: " + "; ".join(problems))
+    earlier = storage.join(out, "summary.json")
+    runs = storage.read_json(earlier).get("runs", []) if storage.is_file(earlier) else []
+    summary = {"images_seen": counts["pool"], "images_labeled": counts["labeled"], "images_skipped": len(errors),
+               "images_missing": counts["pool"] - counts["labeled"], "store_rows": counts["rows"],
+               **_store_statistics(out), "shards_run": run["shards"], "seconds": run["seconds"], "images_per_second": run["images_per_second"],
+               "run": run, "runs": runs + [run], "problems": problems}
+    storage.write_json(earlier, redact(summary))
     export_coco_results(out, storage.join(out, "coco_results.json"))
     return summary

@@ -78,6 +78,7 @@ class TeacherPredictor:
             coco = instances_to_coco(insts, im["image_id"], self.category_ids)
             rows.append({"image_id": im["image_id"], "file_name": im["file_name"], "height": array.shape[0],
                          "width": array.shape[1], "teacher": self.teacher_id,
+                         "key": im.get("key", im["path"]),  # the store's image key (pseudo_labels.py)
                          "instances": [{"category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
                                         "segmentation": r["segmentation"]["counts"]} for r in coco]})
         # errors first, then the shard: a shard file on disk means everything about it is recorded

@@ -13,8 +13,9 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import Config, config_digest, flatten_config
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.label.pipeline import run_labeling
-from sskd_ray.label.sources import list_images
+from sskd_ray.label.manifest import manifest_location, write_manifest
 from sskd_ray.models.build import tiny_model_config
+from sskd_ray.redaction import redact
 
 
 def resolve_teacher(cfg: Config, teacher: str, smoke: bool) -> tuple[dict, str, int]:
@@ -58,9 +59,11 @@ def plot_scores(summary: dict, path: str) -> str:
 
 
 def label_pool(cfg: Config, images: str, teacher: str, out: str, smoke: bool = False,
-               parent_run_id: str | None = None) -> dict:
-    """Label the images `images` lists (folder, glob, COCO json, Parquet list; local or URI) into the
-    store `out` with `teacher` ('builtin' or a stage's final/ folder); logs one MLflow run."""
+               parent_run_id: str | None = None, reuse_manifest: bool = False) -> dict:
+    """Label the images `images` lists (folder, glob, COCO json, Parquet/CSV manifest; local or URI)
+    into the store `out` with `teacher` ('builtin' or a stage's final/ folder); logs one MLflow run.
+    The listing is streamed into out/manifest.parquet; `reuse_manifest` plans from the one an earlier
+    run wrote instead of listing again (a huge bucket that did not change)."""
     from sskd_ray.eval import evaluate_masks
 
     from sskd_ray.ray_setup import check_shared_storage
@@ -69,14 +72,16 @@ def label_pool(cfg: Config, images: str, teacher: str, out: str, smoke: bool = F
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri, out)  # fails now, not after labeling, if there is none
     check_shared_storage(out)  # labeling actors on every node write their shards here
     spec, teacher_id, size = resolve_teacher(cfg, teacher, smoke)
-    listing = list_images(images)
-    summary = run_labeling(listing, out, spec, teacher_id, size, cfg.label)
+    manifest = manifest_location(out)
+    if not (reuse_manifest and storage.is_file(manifest)):
+        manifest = write_manifest(images, manifest)
+    summary = run_labeling(manifest, out, spec, teacher_id, size, cfg.label)
     summary["teacher"] = teacher_id
     if images.endswith(".json") and storage.read_json(images).get("annotations"):
         results = storage.read_json(storage.join(out, "coco_results.json"))
         quality = evaluate_masks(images, results)
         summary["quality"] = {k: quality[k] for k in ("mask_AP", "mask_AP50")}
-    storage.write_json(storage.join(out, "summary.json"), summary)
+    storage.write_json(storage.join(out, "summary.json"), redact(summary))
     plot = plot_scores(summary, storage.join(out, "scores.png"))
     with tracking.start_run(uri, cfg.tracking.experiment, "pseudo_label", parent_id=parent_run_id,
                             tags={"sskd.stage": "pseudo_label"}, run_dir=out) as run_id:

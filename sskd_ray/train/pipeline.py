@@ -20,6 +20,7 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import Config, ConfigError, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
+from sskd_ray.redaction import redact
 from sskd_ray.train.stages import StageSpec, is_done, read_metrics, run_stage
 
 STUDENT_STAGES = ("distill", "refine", "baseline")
@@ -60,8 +61,8 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
     splits = storage.join(run_dir, "splits")
     train = load_coco(train_json, train_images)
     if train.skipped:
-        print(f"data: {len(train.skipped)} training entries skipped (first: {train.skipped[0]}); "
-              f"see {splits}/skipped.json")
+        print(redact(f"data: {len(train.skipped)} training entries skipped (first: {train.skipped[0]}); "
+                     f"see {splits}/skipped.json"))
     if cfg.data.split_file:
         labeled, unlabeled = read_split_file(cfg.data.split_file, train.images)
     else:
@@ -87,10 +88,10 @@ def _check_same_config(cfg: Config, run_dir: str) -> None:
     import yaml
 
     old = yaml.safe_load(storage.read_text(saved))
-    old_flat, new_flat = flatten_config(old), flatten_config(cfg)
+    old_flat, new_flat = flatten_config(old), redact(flatten_config(cfg))  # config.yaml is stored redacted
     differ = sorted(k for k, v in new_flat.items() if old_flat.get(k) != v and not k.startswith(("tracking.", "run_dir")))
     if differ:
-        raise ConfigError(f"{run_dir} holds a run made with another config (differs in {', '.join(differ[:6])}); "
+        raise ConfigError(f"{redact(run_dir)} holds a run made with another config (differs in {', '.join(differ[:6])}); "
                           f"use a new --run-dir, or the same config to resume")
 
 
@@ -170,7 +171,7 @@ def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, pa
     storage.write_text(storage.join(out, "DONE"), "done\n")
     quality = summary.get("quality", {})
     print(f"[pseudo-label] {summary['images_labeled']} images, {summary['instances']} instances"
-          + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}" if quality else "") + f" -> {out}")
+          + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}" if quality else "") + f" -> {redact(out)}")
     return summary
 
 
@@ -196,7 +197,7 @@ def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
                             run_dir=run_dir) as parent_id:
         tracking.log_params(uri, parent_id, flatten_config(cfg))
         data = prepare_data(cfg, run_dir)
-        print(f"data: {data.num_labeled} labeled, {data.num_unlabeled} unlabeled, val {data.val_json}")
+        print(redact(f"data: {data.num_labeled} labeled, {data.num_unlabeled} unlabeled, val {data.val_json}"))
         yield PipelineRun(cfg, run_dir, data, stage_specs(cfg, data, run_dir), uri, parent_id)
 
 
@@ -233,6 +234,11 @@ def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
     """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs.
     Returns {stage: metrics}."""
     with open_run(cfg, run_dir) as run:
+        if run.data.num_unlabeled == 0 and only not in ("teacher_finetune", "baseline"):
+            source = cfg.data.train_json if cfg.data.source != "builtin" else storage.join(run.run_dir, "data")
+            raise ConfigError(f"the unlabeled pool is empty: {redact(run.data.unlabeled_json)} lists no image "
+                              f"(training data {redact(source)}, data.labeled_fraction={cfg.data.labeled_fraction}); "
+                              f"pseudo-labeling needs unlabeled images: nothing was trained")
         if only:
             return {only: run.run_stage(only)}
         results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, storage.join(run.run_dir, "teacher", "initial"),

@@ -25,6 +25,7 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
 from sskd_ray.eval.plots import plot_history
 from sskd_ray.ray_setup import check_shared_storage
+from sskd_ray.redaction import redact
 from sskd_ray.train.loop import FAULT_ENV, HISTORY_FILE, METRICS_FILE, MODEL_FILE, train_loop_per_worker
 
 
@@ -98,7 +99,7 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
     run (a sweep adds the trial), `callbacks` go to Ray Train (Tune's TuneReportCallback)."""
     folder = storage.normalize(spec.folder)
     if is_done(folder):
-        print(f"[{spec.name}] already done: {folder} (mask AP {read_metrics(folder).get('mask_AP')})")
+        print(redact(f"[{spec.name}] already done: {folder} (mask AP {read_metrics(folder).get('mask_AP')})"))
         return read_metrics(folder)
     tags = {"sskd.stage": spec.name, **({"sskd.parent": parent_run_id} if parent_run_id else {}), **(tags or {})}
     existing = tracking.find_run(uri, experiment, tags)
@@ -129,6 +130,6 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
         tracking.log_artifacts(uri, run_id, [storage.join(folder, METRICS_FILE), plot,
                                              storage.join(final, "teacher.json")])
     storage.write_text(storage.join(folder, "DONE"), time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    print(f"[{spec.name}] done in {metrics['wall_seconds']} s: mask AP {metrics.get('mask_AP')}, "
-          f"AP50 {metrics.get('mask_AP50')} -> {final}")
+    print(redact(f"[{spec.name}] done in {metrics['wall_seconds']} s: mask AP {metrics.get('mask_AP')}, "
+                 f"AP50 {metrics.get('mask_AP50')} -> {final}"))
     return metrics

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from sskd_ray import storage, tracking
 from sskd_ray.config import Config, flatten_config, load_config
+from sskd_ray.redaction import redact
 from sskd_ray.train.pipeline import PipelineData, PipelineRun, open_run, pseudo_label, stage_specs
 from sskd_ray.train.stages import run_stage
 from sskd_ray.tune.spaces import Trial, as_overrides, expand_trials, load_space
@@ -116,7 +117,7 @@ def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: 
             tune_storage, name = storage.join(run_dir, "tune"), "sweep"
             exp_path = storage.join(tune_storage, name)
             if ray.tune.Tuner.can_restore(exp_path):
-                print(f"resuming the sweep in {exp_path}: finished trials are kept")
+                print(redact(f"resuming the sweep in {exp_path}: finished trials are kept"))
                 tuner = ray.tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
             else:
                 tuner = ray.tune.Tuner(
@@ -130,7 +131,7 @@ def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: 
             tracking.log_artifacts(uri, parent_id, paths)
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0][:2000]}")
-    print(f"sweep finished in {time.perf_counter() - start:.0f} s: {storage.join(run_dir, 'sensitivity.md')}")
+    print(redact(f"sweep finished in {time.perf_counter() - start:.0f} s: {storage.join(run_dir, 'sensitivity.md')}"))
     return {"trials": len(trials), "tables": paths}
 
 
