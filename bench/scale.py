@@ -2,13 +2,13 @@
 
     python bench/scale.py --rows 10000 100000 1000000 --json scale.json
 
-For each size N: writes a synthetic manifest (N rows: path, id, size) and a pseudo-label store (N
-rows, ~5 instances each, real COCO RLE strings of random blobs at 512x1024, shards of 64 rows as
-the labeler writes them), then, each in a fresh subprocess so peak memory is its own:
-  - driver: plan the labeling run from the manifest (the store's shard names are not the planner's,
-    so every shard is pending: the worst case, all N images planned) (`sskd_ray.label.manifest.plan_pending` when it
-    exists; else a stand-in that streams the manifest in record batches, labelled as such) ->
-    `driver_plan_s`, `driver_peak_mb` (peak RSS of the process);
+For each size N: writes a synthetic user manifest (N rows: path, image_id, size) and a pseudo-label
+store (N rows, ~5 instances each, real COCO RLE strings of random blobs at 512x1024, shards of 64
+rows as the labeler writes them; half the manifest's images are in it), then, each in a fresh
+subprocess so peak memory is its own:
+  - driver: plan the labeling run: `write_manifest` normalises the user's manifest (once per
+    store), `plan_pending` streams it against the store's keys into shards of the N/2 pending
+    images -> `driver_plan_s` (both), `driver_manifest_s` (the first), `driver_peak_mb`;
   - worker: open rank 0's share of the store (world `--world`) with `StoreShare` and draw
     `--steps` batches of `--batch` rows from (seed, step), decoding every row's RLE masks as
     training does -> `worker_peak_mb`, `worker_samples_per_s`, `worker_open_s`, rows read.
@@ -37,10 +37,7 @@ from sskd_ray.data.coco import encode_rle  # noqa: E402
 from sskd_ray.data.pseudo_labels import shard_paths, write_shard  # noqa: E402
 from sskd_ray.data.store_reader import StoreShare  # noqa: E402
 
-try:  # the manifest planner (issue 20's labeling half) once merged
-    from sskd_ray.label.manifest import plan_pending
-except ImportError:
-    plan_pending = None
+from sskd_ray.label.manifest import plan_pending, write_manifest  # noqa: E402
 
 HEIGHT, WIDTH, INSTANCES, CATEGORIES = 512, 1024, 5, list(range(1, 11))
 
@@ -83,7 +80,9 @@ def write_data(folder: Path, rows: int, per_shard: int, rles: list[str], seed: i
     ids = np.arange(rows, dtype=np.int64)
     names = [f"pool/{i // 1000:04d}/{i:08d}.jpg" for i in range(rows)]
     manifest = folder / "manifest.parquet"
-    pq.write_table(pa.table({"path": [f"s3://bucket/{n}" for n in names], "id": ids,
+    # a user's manifest (path, image_id, size); its ids are shifted by rows // 2, so half the pool is in the
+    # store already (matched by id: the synthetic store has no key column, as a store from before keys)
+    pq.write_table(pa.table({"path": [f"s3://bucket/{n}" for n in names], "image_id": ids + rows // 2,
                              "size": rng.integers(20_000, 200_000, rows)}), manifest, row_group_size=65_536)
     store = folder / "store"
     for s in range(0, rows, per_shard):
@@ -99,36 +98,22 @@ def write_data(folder: Path, rows: int, per_shard: int, rles: list[str], seed: i
             "manifest_mb": round(manifest.stat().st_size / 2**20, 1), "shards": -(-rows // per_shard)}
 
 
-def _stand_in_plan(manifest: str, store: str, per_shard: int):
-    """Stand-in for plan_pending until the manifest planner is merged: stream the manifest in
-    record batches, cut shards of `per_shard` paths, skip shard names the store already holds."""
-    done = {Path(p).stem for p in shard_paths(store)}
-    members, index = [], 0
-    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=65_536, columns=["path"]):
-        for path in batch.column(0).to_pylist():
-            members.append(path)
-            if len(members) == per_shard:
-                if f"plan-{index:06d}" not in done:
-                    yield {"shard": f"plan-{index:06d}", "images": members}
-                members, index = [], index + 1
-    if members:
-        yield {"shard": f"plan-{index:06d}", "images": members}
-
-
 def child_plan(manifest: str, store: str, per_shard: int) -> dict:
+    """The driver's part of a labeling run: the user's manifest normalised into the run's own manifest
+    (once per store), then the pending images planned into shards against the store's keys."""
     rss_start = _rss_mb()
-    plan, planner = plan_pending, "sskd_ray.label.manifest.plan_pending"
-    if plan is None:
-        plan, planner = _stand_in_plan, "stand-in (record-batch stream; plan_pending not merged)"
     base = _peak_mb()
     began = time.perf_counter()
+    planned = write_manifest(manifest, str(Path(store).parent / "planned"))
+    normalised = time.perf_counter() - began
     shards = images = 0
-    for shard in plan(manifest, store, per_shard):
+    for shard in plan_pending(planned, store, per_shard):
         shards += 1
         images += len(shard["images"])
-    return {"driver_plan_s": round(time.perf_counter() - began, 2), "driver_peak_mb": round(_peak_mb(), 1),
-            "driver_base_mb": round(base, 1),
-            "driver_rss_start_mb": round(rss_start, 1), "driver_rss_end_mb": round(_rss_mb(), 1), "planned_shards": shards, "planned_images": images, "planner": planner}
+    return {"driver_plan_s": round(time.perf_counter() - began, 2), "driver_manifest_s": round(normalised, 2),
+            "driver_peak_mb": round(_peak_mb(), 1), "driver_base_mb": round(base, 1),
+            "driver_rss_start_mb": round(rss_start, 1), "driver_rss_end_mb": round(_rss_mb(), 1),
+            "planned_shards": shards, "planned_images": images}
 
 
 def child_worker(store: str, world: int, steps: int, batch: int, seed: int = 0) -> dict:
@@ -175,12 +160,13 @@ def table(results: list[dict], args) -> str:
              f"(store: shards of {args.per_shard} rows, {INSTANCES} instances per row, RLE of random blobs at "
              f"{HEIGHT}x{WIDTH}; worker: rank 0 of {args.world}, {args.steps} steps x {args.batch} rows, RLE decoded; "
              f"each measurement in a fresh process, peak = its VmHWM; {platform.machine()}, 2 cores shared).",
-             f"Planner: {results[0]['planner']}.", "",
-             "| rows | store (MB, write s) | driver_plan_s | driver_peak_mb | worker_open_s | worker_peak_mb "
+             "Planning: `write_manifest` + `plan_pending` (half the pool already in the store).", "",
+             "| rows | store (MB, write s) | driver_plan_s (of which manifest) | driver_peak_mb | worker_open_s | worker_peak_mb "
              "| worker RSS start -> end (MB) | worker_samples_per_s | row groups read per sample |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['rows']:,} | {r['store_mb']:,} ({r['write_s']}) | {r['driver_plan_s']} | {r['driver_peak_mb']} "
+        lines.append(f"| {r['rows']:,} | {r['store_mb']:,} ({r['write_s']}) | {r['driver_plan_s']} "
+                     f"({r['driver_manifest_s']}) | {r['driver_peak_mb']} "
                      f"| {r['worker_open_s']} | {r['worker_peak_mb']} | {r['worker_rss_start_mb']} -> {r['worker_rss_end_mb']} "
                      f"| {r['worker_samples_per_s']} "
                      f"| {r['row_groups_read'] / (args.steps * args.batch):.2f} |")
