@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import transformers
@@ -59,12 +60,12 @@ def detector_class(name_or_path: str, forced: str = ""):
 def build_tiny_bert_tokenizer(class_names: list[str]) -> tuple[PreTrainedTokenizerFast, int]:
     """A WordPiece tokenizer that keeps BERT's special ids ([PAD]=0, [CLS]=101, [SEP]=102, .=1012,
     ?=1029), which Grounding-DINO's loss relies on, for tiny random-weight teachers in tests."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab = [f"[unused{i}]" for i in range(1100)]
     for i, tok in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}.items():
         vocab[i] = tok
-    words = sorted({w for name in class_names for w in name.lower().replace("-", " - ").split()})
+    words = sorted({w for name in class_names for w in re.findall(r"[a-z0-9]+", name.lower())})
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
     for tok in words + letters + [f"##{c}" for c in letters] + ["-", "/", "_", "##_"]:
         if tok not in vocab:
@@ -72,6 +73,7 @@ def build_tiny_bert_tokenizer(class_names: list[str]) -> tuple[PreTrainedTokeniz
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
                                                        special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
