@@ -64,6 +64,9 @@ class ModelConfig:
     detector_short_side: int = 800  # Grounding-DINO's input: short side (native aspect) ...
     detector_max_side: int = 1333  # ... capped so the long side stays within this
     max_text_len: int = 0  # tokens per prompt chunk; 0 = the detector's own (256 released)
+    # transformers (Sam2Model; `segmenter` a hub id / dir) | sam2 (Meta's package, extra [sam2]; `segmenter`
+    # "<config>:<checkpoint.pt>", e.g. "sam2.1_hiera_l:/ckpt/sam2.1_hiera_large.pt")
+    segmenter_backend: str = "transformers"
     # parameter-name prefixes kept frozen in training, e.g. ["encoder"] or, for the VFM teacher,
     # ["detector.model.backbone", "segmenter.vision_encoder"]; a prefix matching nothing is an error
     freeze: list[str] = field(default_factory=list)

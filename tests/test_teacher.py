@@ -218,3 +218,29 @@ def test_masks_to_boxes_on_the_masks_device(device):
     boxes = masks_to_boxes(masks)
     assert boxes.device.type == device
     assert boxes.tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_meta_sam2_backend_gives_the_same_fused_contract():
+    pytest.importorskip("sam2", reason="Meta's sam2 package (extra [sam2]) is not installed; `make install` adds it")
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(kind="gdino_sam2", preset="tiny", num_queries=5, embed_dim=16,
+                                      segmenter_backend="sam2"), NAMES).eval()
+    assert type(teacher.segmenter).__name__ == "SAM2Base" and teacher.segmenter_size == 1024
+    seen = {}
+    teacher.detector.register_forward_hook(lambda m, i, o: seen.setdefault("det", o))
+    teacher.segmenter.sam_mask_decoder.register_forward_hook(lambda m, i, o: seen.setdefault("iou", []).append(o[1]))
+    out = teacher(torch.rand(2, 3, 64, 96), [(64, 96), (48, 32)])
+    assert out.mask_logits.shape == (2, 5, 64, 96) and out.embeddings.shape == (2, 16, 43, 64)
+    assert (out.mask_logits[1, :, 48:] == PAD_LOGIT).all() and (out.mask_logits[1, :, :, 32:] == PAD_LOGIT).all()
+    iou = torch.stack([i[:, 0] for i in seen["iou"]])  # (B, N): the decoder's own output, sigmoid applied inside
+    assert teacher.segmenter.iou_prediction_use_sigmoid and ((iou >= 0) & (iou <= 1)).all()
+    probs = teacher.class_probs(seen["det"].logits, 2)
+    probs = probs.gather(1, probs.amax(-1).topk(5, dim=1).indices[..., None].expand(-1, -1, len(NAMES)))
+    assert torch.allclose(out.class_logits[..., :-1].exp(), (probs * iou[..., None]).clamp(1e-6, 1 - 1e-6), rtol=1e-4)
+    masks = torch.zeros(1, 64, 96, dtype=torch.bool)
+    masks[0, 10:40, 20:60] = True
+    losses = teacher.adaptation_loss(torch.rand(1, 3, 64, 96), [{"labels": torch.tensor([2]), "masks": masks}])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(p.grad is not None for p in teacher.segmenter.sam_mask_decoder.parameters())
+    assert all(not p.requires_grad for p in teacher.segmenter.memory_attention.parameters())

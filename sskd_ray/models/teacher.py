@@ -32,6 +32,7 @@ from sskd_ray.config import ModelConfig
 from sskd_ray.losses.set_loss import dice_loss
 from sskd_ray.models.encoders import IMAGENET_NORM
 from sskd_ray.models.outputs import SegOutput
+from sskd_ray.models.sam2_backend import META_SAM2, build_meta_sam2
 from sskd_ray.models.prompts import PromptChunks, chunk_prompts
 from sskd_ray.models.teacher_configs import (build_tiny_bert_tokenizer, detector_class, full_teacher_configs,
                                              tiny_teacher_configs)
@@ -234,27 +235,39 @@ class GroundingSamTeacher(nn.Module):
 def build_grounding_sam_teacher(cfg: ModelConfig, class_names: list[str]) -> GroundingSamTeacher:
     """`preset: tiny` (width 32, random, 128 px), `full` with `pretrained: ""|random` (the released
     architectures, random weights), else the checkpoints `cfg.detector` / `cfg.segmenter`."""
+    if cfg.detector_kind not in ("", *DETECTORS):
+        raise ValueError(f"teacher.detector_kind '{cfg.detector_kind}' is not one of {['', *DETECTORS]}")
     if cfg.preset == "tiny":
         tokenizer, vocab_size = build_tiny_bert_tokenizer(class_names)
         det_cfg, seg_cfg = tiny_teacher_configs(128, vocab_size, max_text_len=cfg.max_text_len or 32,
                                                 mm=cfg.detector_kind == "mm-grounding-dino")
-        detector, segmenter = DETECTORS[cfg.detector_kind or "grounding-dino"](det_cfg), Sam2Model(seg_cfg)
+        detector, segmenter = DETECTORS[cfg.detector_kind or "grounding-dino"](det_cfg), None
         short_side, max_side = 128, 128
     elif cfg.preset == "full" and cfg.pretrained in ("", "random"):
         tokenizer, _ = build_tiny_bert_tokenizer(class_names)  # BERT's special ids; words map into its vocab
         det_cfg, seg_cfg = full_teacher_configs()
         if cfg.max_text_len:
             det_cfg.max_text_len = cfg.max_text_len
-        detector, segmenter = DETECTORS[cfg.detector_kind or "mm-grounding-dino"](det_cfg), Sam2Model(seg_cfg)
+        detector, segmenter = DETECTORS[cfg.detector_kind or "mm-grounding-dino"](det_cfg), None
         short_side, max_side = cfg.detector_short_side, cfg.detector_max_side
     else:
         tokenizer = load_pretrained(AutoTokenizer, cfg.detector)
         detector = load_pretrained(detector_class(cfg.detector, cfg.detector_kind), cfg.detector)
-        segmenter = load_pretrained(Sam2Model, cfg.segmenter)
+        segmenter = load_pretrained(Sam2Model, cfg.segmenter) if cfg.segmenter_backend == "transformers" else None
+        seg_cfg = None
         short_side, max_side = cfg.detector_short_side, cfg.detector_max_side
+    backend = HF_SAM2
+    if cfg.segmenter_backend == "transformers" and segmenter is None:
+        segmenter = Sam2Model(seg_cfg)
+    if cfg.segmenter_backend == "sam2":  # Meta's package: cfg.segmenter = "<config>" or "<config>:<checkpoint.pt>"
+        config, _, checkpoint = (cfg.segmenter if cfg.preset != "tiny" else "sam2.1_hiera_t").partition(":")
+        segmenter, backend = build_meta_sam2(config, "" if cfg.pretrained in ("", "random") else checkpoint), META_SAM2
+    elif cfg.segmenter_backend != "transformers":
+        raise ValueError(f"teacher.segmenter_backend '{cfg.segmenter_backend}' is not 'transformers' or 'sam2'")
     max_text_len = min(cfg.max_text_len or detector.config.max_text_len, detector.config.max_text_len)
     chunks = chunk_prompts(class_names, tokenizer, max_text_len)
-    teacher = GroundingSamTeacher(detector, segmenter, chunks, cfg.num_queries, cfg.embed_dim, short_side, max_side)
+    teacher = GroundingSamTeacher(detector, segmenter, chunks, cfg.num_queries, cfg.embed_dim, short_side, max_side,
+                                  backend)
     if cfg.freeze_text_encoder:
         for param in teacher.detector.model.text_backbone.parameters():
             param.requires_grad_(False)
