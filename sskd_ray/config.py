@@ -64,6 +64,14 @@ class ModelConfig:
     # gdino_sam2 teacher only
     detector: str = "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg"
     segmenter: str = "facebook/sam2.1-hiera-large"
+    detector_kind: str = ""  # "" = from the checkpoint's config.json | grounding-dino | mm-grounding-dino
+    freeze_text_encoder: bool = True  # keep the detector's BERT text encoder (110M) frozen
+    detector_short_side: int = 800  # Grounding-DINO's input: short side (native aspect) ...
+    detector_max_side: int = 1333  # ... capped so the long side stays within this
+    max_text_len: int = 0  # tokens per prompt chunk; 0 = the detector's own (256 released)
+    # transformers (Sam2Model; `segmenter` a hub id / dir) | sam2 (Meta's package, extra [sam2]; `segmenter`
+    # "<config>:<checkpoint.pt>", e.g. "sam2.1_hiera_l:/ckpt/sam2.1_hiera_large.pt")
+    segmenter_backend: str = "transformers"
     # parameter-name prefixes kept frozen in training, e.g. ["encoder"] or, for the VFM teacher,
     # ["detector.model.backbone", "segmenter.vision_encoder"]; a prefix matching nothing is an error
     freeze: list[str] = field(default_factory=list)

@@ -5,237 +5,270 @@ contrastive embeddings. Both models come from `transformers`.
 Fusion into `SegOutput`: for the top-N queries (by best class probability), masks are SAM2's
 box-prompted masks, and class_logits = log(p_c * iou) for the C classes and log(1 - max_c p_c * iou)
 for "no object", so softmax-based post-processing ranks instances by class score x mask quality.
+SAM2's `iou_scores` are already probabilities (its IoU head ends in a sigmoid: `Sam2MaskDecoder`'s
+`iou_prediction_head` is built with `sigmoid_output=True`), so they are used as they come.
+
+Inputs follow the models' contract: `images` (B, 3, H, W) in [0, 1], padded bottom/right, and
+`image_sizes` the content (h, w) of each (None: the whole frame). Each model sees each content at
+native aspect (teacher_frames.py); outputs cover the whole input frame.
+
+Large vocabularies run as several prompt chunks (prompts.py) in ONE detector call: the batch is
+repeated once per chunk (rows k * B + b). The detector's public API has no way to reuse the Swin
+features across different texts, so the vision backbone runs once per chunk; with <= 256 tokens of
+class names (Cityscapes, the demo) there is one chunk.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoTokenizer, GroundingDinoForObjectDetection, MMGroundingDinoForObjectDetection, Sam2Model
+from transformers.models.grounding_dino.modeling_grounding_dino import build_label_maps, build_text_mask
 
 from sskd_ray.config import ModelConfig
 from sskd_ray.losses.set_loss import dice_loss
 from sskd_ray.models.encoders import IMAGENET_NORM
 from sskd_ray.models.outputs import SegOutput
+from sskd_ray.models.sam2_backend import META_SAM2, build_meta_sam2
+from sskd_ray.models.prompts import PromptChunks, chunk_prompts
+from sskd_ray.models.teacher_configs import (build_tiny_bert_tokenizer, detector_class, full_teacher_configs,
+                                             tiny_teacher_configs)
+from sskd_ray.models.teacher_frames import (PAD_LOGIT, content_sizes, cxcywh_to_xyxy, long_side_size, masks_to_boxes,
+                                            output_frame, resize_contents, short_side_size, square_to_frame,
+                                            xyxy_to_cxcywh)
+from sskd_ray.models.teacher_segmenters import HF_SAM2, SegmenterBackend
 from sskd_ray.models.weights import load_pretrained
 
-DELIMITER_IDS = (0, 101, 102, 1012, 1029)  # [PAD] [CLS] [SEP] . ? (Grounding-DINO's SPECIAL_TOKENS + pad)
+DETECTORS = {"grounding-dino": GroundingDinoForObjectDetection, "mm-grounding-dino": MMGroundingDinoForObjectDetection}
 
 
-def build_prompt(class_names: list[str]) -> str:
-    return " ".join(f"{name}." for name in class_names)
-
-
-def phrase_token_map(input_ids: list[int], num_classes: int) -> torch.Tensor:
-    """(C, T) float map: row c marks the tokens of the c-th phrase of a `a. b. c.` prompt."""
-    rows = [[0.0] * len(input_ids) for _ in range(num_classes)]
-    phrase, inside = 0, False
-    for t, tok in enumerate(input_ids):
-        if tok in DELIMITER_IDS:
-            if inside:
-                phrase += 1
-            inside = False
-            continue
-        if phrase < num_classes:
-            rows[phrase][t] = 1.0
-            inside = True
-    if phrase != num_classes:
-        raise ValueError(f"prompt tokenised into {phrase} phrases, expected {num_classes}")
-    return torch.tensor(rows)
+@dataclass
+class TeacherPass:
+    """One forward of both models over a batch, shared by the fused output and the training losses."""
+    det: Any  # the detector's output over K * B rows
+    sizes: list[tuple[int, int]]  # content sizes in the input frame
+    frame: tuple[int, int]  # the input frame (H, W)
+    seg_sizes: list[tuple[int, int]]  # content sizes in SAM2's square
+    embeddings: Any  # SAM2 image embeddings (backend-specific)
 
 
 class GroundingSamTeacher(nn.Module):
-    def __init__(self, detector: nn.Module, segmenter: nn.Module, input_ids: list[int], num_classes: int, num_boxes: int, embed_dim: int,
-                 detector_size: int, segmenter_size: int):
+    def __init__(self, detector: nn.Module, segmenter: nn.Module, chunks: PromptChunks, num_boxes: int,
+                 embed_dim: int, detector_short_side: int, detector_max_side: int,
+                 backend: SegmenterBackend = HF_SAM2):
         super().__init__()
-        self.detector, self.segmenter = detector, segmenter
-        self.num_boxes, self.detector_size, self.segmenter_size = num_boxes, detector_size, segmenter_size
-        self.register_buffer("input_ids", torch.tensor([input_ids]), persistent=False)  # (1, T)
-        self.register_buffer("attention_mask", torch.ones(1, len(input_ids), dtype=torch.long), persistent=False)
-        self.register_buffer("token_map", phrase_token_map(input_ids, num_classes), persistent=False)
-        width = segmenter.config.vision_config.fpn_hidden_size
+        if getattr(detector.config, "auxiliary_loss", False):
+            raise ValueError("the teacher computes Grounding-DINO's loss from its public outputs, which carry no "
+                             "per-layer predictions: set the detector's auxiliary_loss=False")
+        self.detector, self.segmenter, self.backend = detector, segmenter, backend
+        self.num_boxes, self.short_side, self.max_side = num_boxes, detector_short_side, detector_max_side
+        self.segmenter_size = backend.image_size(segmenter)
+        self.num_classes = len(chunks.class_chunk)
+        length = max(len(ids) for ids in chunks.input_ids)
+        ids = torch.zeros(len(chunks.input_ids), length, dtype=torch.long)
+        for k, chunk_ids in enumerate(chunks.input_ids):
+            ids[k, :len(chunk_ids)] = torch.tensor(chunk_ids)
+        self.register_buffer("input_ids", ids, persistent=False)  # (K, T), [PAD] = 0 after each chunk
+        self.register_buffer("attention_mask", (ids != 0).long(), persistent=False)
+        span = max(e - s for s, e in chunks.class_span)
+        filler = detector.config.max_text_len  # index of an appended -inf column
+        index = torch.full((self.num_classes, span), filler, dtype=torch.long)
+        for c, (s, e) in enumerate(chunks.class_span):
+            index[c, :e - s] = torch.arange(s, e)
+        self.register_buffer("span_index", index, persistent=False)  # (C, L) token positions per class
+        self.register_buffer("class_chunk", torch.tensor(chunks.class_chunk), persistent=False)  # (C,)
+        local = torch.zeros(self.num_classes, dtype=torch.long)
+        for members in chunks.chunk_classes:
+            local[torch.tensor(members)] = torch.arange(len(members))
+        self.register_buffer("class_local", local, persistent=False)  # (C,) phrase index inside its chunk
+        width = backend.feature_width(segmenter)
         self.embed_head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, embed_dim, 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_NORM[0]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_NORM[1]).view(1, 3, 1, 1), persistent=False)
-        self.backbone_prefixes = ("detector.model.backbone", "segmenter.vision_encoder")
+        self.backbone_prefixes = ("detector.model.backbone", *backend.backbone_prefixes)
 
-    def _normalise(self, images: torch.Tensor, size: int) -> torch.Tensor:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-        return (images - self.mean) / self.std
+    # -- the two models ---------------------------------------------------------------------------
+    def _detect(self, normed: torch.Tensor, sizes: list[tuple[int, int]]) -> Any:
+        targets = [short_side_size(h, w, self.short_side, self.max_side) for h, w in sizes]
+        frame = (max(t[0] for t in targets), max(t[1] for t in targets))
+        pixels, pixel_mask = resize_contents(normed, sizes, targets, frame)
+        k, b = self.input_ids.shape[0], normed.shape[0]
+        return self.detector(pixel_values=pixels.repeat(k, 1, 1, 1), pixel_mask=pixel_mask.repeat(k, 1, 1),
+                             input_ids=self.input_ids.repeat_interleave(b, 0),
+                             attention_mask=self.attention_mask.repeat_interleave(b, 0))
 
-    def _detect(self, images: torch.Tensor, labels: list[dict] | None = None) -> Any:
-        b = images.shape[0]
-        return self.detector(pixel_values=self._normalise(images, self.detector_size),
-                             input_ids=self.input_ids.expand(b, -1),
-                             attention_mask=self.attention_mask.expand(b, -1), labels=labels)
+    def run(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> TeacherPass:
+        """One detector call and one SAM2 image-encoder pass over the whole batch."""
+        sizes = content_sizes(images, image_sizes)
+        normed = (images - self.mean) / self.std
+        det = self._detect(normed, sizes)
+        s = self.segmenter_size
+        seg_sizes = [long_side_size(h, w, s) for h, w in sizes]
+        pixels, _ = resize_contents(normed, sizes, seg_sizes, (s, s))
+        embeddings = self.backend.encode(self.segmenter, pixels)
+        return TeacherPass(det, sizes, tuple(images.shape[-2:]), seg_sizes, embeddings)
 
-    def _class_probs(self, token_logits: torch.Tensor) -> torch.Tensor:
-        """(B, Q, T) token logits -> (B, Q, C) class probabilities (max over each phrase's tokens)."""
-        t = token_logits.shape[-1]  # the detector's max_text_len, >= the prompt's length
-        phrase = F.pad(self.token_map, (0, max(0, t - self.token_map.shape[1])))[:, :t].bool()  # (C, T)
-        masked = token_logits[:, :, None, :].masked_fill(~phrase, float("-inf"))  # (B, Q, C, T)
-        return masked.amax(-1).sigmoid()
+    def class_probs(self, token_logits: torch.Tensor, batch: int) -> torch.Tensor:
+        """(K * B, Q, T) token logits -> (B, K * Q, C) class probabilities: max over the class's tokens
+        for the queries of its own chunk, 0 for the queries of other chunks."""
+        k = self.input_ids.shape[0]
+        logits = token_logits.view(k, batch, *token_logits.shape[1:]).transpose(0, 1)  # (B, K, Q, T)
+        logits = F.pad(logits, (0, 1), value=float("-inf"))  # column T: the filler of short spans
+        per_class = logits[..., self.span_index].amax(-1)  # (B, K, Q, C)
+        own = self.class_chunk[None, :] == torch.arange(k, device=logits.device)[:, None]  # (K, C)
+        per_class = per_class.masked_fill(~own[None, :, None, :], float("-inf"))
+        return per_class.sigmoid().flatten(1, 2)
 
-    def _image_embeddings(self, images: torch.Tensor) -> list[torch.Tensor]:
-        # As Sam2Model.get_image_embeddings, without its no_grad, so the vision encoder can be trained.
-        b = images.shape[0]
-        feats = self.segmenter.get_image_features(self._normalise(images, self.segmenter_size),
-                                                  return_dict=True).fpn_hidden_states
-        feats = list(feats)
-        feats[-1] = feats[-1] + self.segmenter.no_memory_embedding
-        sizes = self.segmenter.backbone_feature_sizes
-        return [f.permute(1, 2, 0).reshape(b, -1, *s) for f, s in zip(feats, sizes)]
+    def _segment(self, embeddings: Any, boxes_xyxy: torch.Tensor, seg_sizes: list[tuple[int, int]]):
+        """Content-normalised xyxy boxes (B, n, 4) -> SAM2 mask logits over its square, IoU (B, n)."""
+        scale = boxes_xyxy.new_tensor([[w, h, w, h] for h, w in seg_sizes])[:, None]  # (B, 1, 4)
+        return self.backend.decode(self.segmenter, embeddings, boxes_xyxy * scale)
 
-    def segment_boxes(self, embeddings: list[torch.Tensor], boxes_xyxy: torch.Tensor):
-        """boxes (B, n, 4) normalised xyxy -> mask logits (B, n, h, w), iou (B, n)."""
-        out = self.segmenter(image_embeddings=embeddings, input_boxes=boxes_xyxy * self.segmenter_size,
-                             multimask_output=False)
-        return out.pred_masks[:, :, 0], out.iou_scores[:, :, 0]
-
-    def forward(self, images: torch.Tensor) -> SegOutput:
-        det = self._detect(images)
-        probs = self._class_probs(det.logits)  # (B, Q, C)
+    # -- outputs ------------------------------------------------------------------------------------
+    def fuse(self, p: TeacherPass) -> SegOutput:
+        b = len(p.sizes)
+        probs = self.class_probs(p.det.logits, b)  # (B, K*Q, C)
+        boxes = p.det.pred_boxes.view(-1, b, *p.det.pred_boxes.shape[1:]).transpose(0, 1).flatten(1, 2)  # (B, K*Q, 4)
         top = probs.amax(-1).topk(min(self.num_boxes, probs.shape[1]), dim=1).indices  # (B, N)
         probs = probs.gather(1, top[..., None].expand(-1, -1, probs.shape[-1]))
-        boxes = det.pred_boxes.gather(1, top[..., None].expand(-1, -1, 4))  # (B, N, 4) cx cy w h
-        xyxy = torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], -1).clamp(0, 1)
-        embeddings = self._image_embeddings(images)
-        mask_logits, iou = self.segment_boxes(embeddings, xyxy)
-        scored = (probs * iou.sigmoid()[..., None]).clamp(1e-6, 1 - 1e-6)  # SAM2's iou head is a logit here
+        boxes = cxcywh_to_xyxy(boxes.gather(1, top[..., None].expand(-1, -1, 4))).clamp(0, 1)  # content-normalised
+        masks, iou = self._segment(p.embeddings, boxes, p.seg_sizes)  # (B, N, s, s), (B, N) in [0, 1]
+        mask_logits = self._to_frame(masks, p, masks.shape[-1], PAD_LOGIT)
+        scored = (probs * iou[..., None]).clamp(1e-6, 1 - 1e-6)
         no_object = (1 - scored.amax(-1, keepdim=True)).clamp_min(1e-6)
         class_logits = torch.cat([scored.log(), no_object.log()], dim=-1)
-        embed = F.normalize(self.embed_head(embeddings[-1]), dim=1)
+        feats = self.embed_head(self.backend.embedding_map(p.embeddings))  # (B, D, s/16, s/16)
+        embed = F.normalize(self._to_frame(feats, p, feats.shape[-1], 0.0), dim=1)
         return SegOutput(mask_logits, class_logits, embed)
 
-    def adaptation_loss(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+    def _to_frame(self, maps: torch.Tensor, p: TeacherPass, side: int, fill: float) -> torch.Tensor:
+        scale, out = output_frame(p.frame, side)
+        contents = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in p.sizes]
+        s = self.segmenter_size
+        return square_to_frame(maps, [(h / s, w / s) for h, w in p.seg_sizes], contents, out, fill)
+
+    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> SegOutput:
+        return self.fuse(self.run(images, image_sizes))
+
+    # -- training -----------------------------------------------------------------------------------
+    def forward_train(self, images: torch.Tensor, groups: dict[str, tuple[torch.Tensor, list[dict]]],
+                      image_sizes: list[tuple[int, int]] | None = None
+                      ) -> tuple[SegOutput, dict[str, dict[str, torch.Tensor]]]:
+        """One forward of both models over the batch -> the fused output (for L_con) and, per group
+        name ("sup", "pl"), the adaptation losses of its images: groups[name] = (indices into the
+        batch, targets {"labels" (n,), "masks" (n, H, W) bool in the input frame})."""
+        p = self.run(images, image_sizes)
+        return self.fuse(p), {name: self.group_losses(p, idx, targets) for name, (idx, targets) in groups.items()}
+
+    def adaptation_loss(self, images: torch.Tensor, targets: list[dict],
+                        image_sizes: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
         """Teacher adaptation: Grounding-DINO's own detection loss + BCE/Dice of SAM2 masks prompted
-        with the ground-truth boxes. targets: {"labels" (n,), "masks" (n, H, W) bool} per image."""
-        labels, boxes = [], []
-        for t in targets:
-            xyxy = masks_to_boxes(t["masks"]) / torch.tensor([t["masks"].shape[-1], t["masks"].shape[-2]] * 2)
-            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
-            labels.append({"class_labels": t["labels"].to(images.device), "boxes": cxcywh.to(images.device)})
-            boxes.append(xyxy.to(images.device))
-        det_loss = self._detect(images, labels).loss
-        embeddings = self._image_embeddings(images)
-        mask_loss = images.new_zeros(())
-        count = 0
-        for b, t in enumerate(targets):  # images have different instance counts: prompt one image at a time
-            if len(t["labels"]) == 0:
+        with the ground-truth boxes, over the whole batch."""
+        idx = torch.arange(images.shape[0], device=images.device)
+        return self.group_losses(self.run(images, image_sizes), idx, targets)
+
+    def group_losses(self, p: TeacherPass, idx: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        if len(idx) != len(targets):
+            raise ValueError(f"a group has {len(idx)} images but {len(targets)} targets")
+        device = p.det.logits.device
+        boxes = []  # per image: (n, 4) xyxy normalised by its content size
+        for b, t in zip(idx.tolist(), targets):
+            h, w = p.sizes[b]
+            masks = t["masks"].to(device)[:, :h, :w]
+            boxes.append(masks_to_boxes(masks) / torch.tensor([w, h, w, h], device=device, dtype=torch.float32))
+        return {"loss_detection": self._detection_loss(p, idx, targets, boxes),
+                "loss_mask": 5.0 * self._mask_loss(p, idx, targets, boxes)}
+
+    def _detection_loss(self, p: TeacherPass, idx: torch.Tensor, targets: list[dict],
+                        boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Grounding-DINO's loss on the rows of the group's images, one row per (chunk, image); each
+        target goes to the row of its class's chunk, labelled by its phrase index there."""
+        k, batch, det = self.input_ids.shape[0], len(p.sizes), p.det
+        rows, labels = [], []
+        for chunk in range(k):
+            for b, t, xyxy in zip(idx.tolist(), targets, boxes):
+                cls = t["labels"].to(det.logits.device)
+                keep = self.class_chunk[cls] == chunk
+                rows.append(chunk * batch + b)
+                labels.append({"class_labels": self.class_local[cls[keep]], "boxes": xyxy_to_cxcywh(xyxy[keep])})
+        if not rows:
+            return det.logits.sum() * 0.0
+        rows_t = torch.tensor(rows, device=det.logits.device)
+        logits = det.logits[rows_t]
+        input_ids = self.input_ids.repeat_interleave(batch, 0)[rows_t]
+        attention = self.attention_mask.repeat_interleave(batch, 0)[rows_t]
+        pick = (lambda x: None if x is None else x[rows_t])
+        loss, _, _ = self.detector.loss_function(
+            logits, labels, logits.device, det.pred_boxes[rows_t], self.detector.config,
+            build_label_maps(logits, input_ids), build_text_mask(logits, attention),
+            outputs_class=None, outputs_coord=None, encoder_logits=pick(det.encoder_logits),
+            encoder_pred_boxes=pick(det.encoder_pred_boxes))
+        return loss
+
+    def _mask_loss(self, p: TeacherPass, idx: torch.Tensor, targets: list[dict],
+                   boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Mean BCE + Dice of SAM2's masks for the ground-truth boxes, on the content of each image at
+        the masks' output resolution (images have different instance counts: one image at a time)."""
+        total, count = p.det.logits.new_zeros(()), 0
+        s = self.segmenter_size
+        for b, t, xyxy in zip(idx.tolist(), targets, boxes):
+            if len(xyxy) == 0:
                 continue
-            logits, _ = self.segment_boxes([e[b:b + 1] for e in embeddings], boxes[b][None])
-            gt = F.interpolate(t["masks"][None].float().to(images.device), size=logits.shape[-2:], mode="bilinear",
-                               align_corners=False)[0]
-            pred, gt = logits[0].flatten(1), gt.flatten(1)  # (n, h*w)
+            one = self.backend.select(p.embeddings, b)
+            logits, _ = self._segment(one, xyxy[None], [p.seg_sizes[b]])  # (1, n, m, m)
+            scale, _ = output_frame(p.frame, logits.shape[-1])
+            h, w = p.sizes[b]
+            out = (max(1, round(h * scale)), max(1, round(w * scale)))
+            (sh, sw) = p.seg_sizes[b]
+            pred = square_to_frame(logits, [(sh / s, sw / s)], [out], out, 0.0)[0].flatten(1)  # (n, ho*wo)
+            gt = F.interpolate(t["masks"][None, :, :h, :w].float().to(pred.device), size=out, mode="bilinear",
+                               align_corners=False)[0].flatten(1)
             bce = F.binary_cross_entropy_with_logits(pred, gt, reduction="none").mean(1)
-            mask_loss = mask_loss + (bce + dice_loss(pred, gt)).sum()
-            count += len(t["labels"])
-        mask_loss = mask_loss / max(count, 1)
-        return {"loss_detection": det_loss, "loss_mask": 5.0 * mask_loss}
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(n, H, W) bool -> (n, 4) xyxy in pixels (exclusive max), zeros for empty masks."""
-    out = torch.zeros(masks.shape[0], 4)
-    for i, m in enumerate(masks):
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if len(xs):
-            out[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-    return out
-
-
-def build_tiny_bert_tokenizer(class_names: list[str]):
-    """A WordPiece tokenizer that keeps BERT's special ids ([PAD]=0, [CLS]=101, [SEP]=102, .=1012,
-    ?=1029), which Grounding-DINO's loss relies on, for tiny random-weight teachers in tests."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = [f"[unused{i}]" for i in range(1100)]
-    for i, tok in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}.items():
-        vocab[i] = tok
-    words = sorted({w for name in class_names for w in name.lower().replace("-", " - ").split()})
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-    for tok in words + letters + [f"##{c}" for c in letters] + ["-", "/"]:
-        if tok not in vocab:
-            vocab.append(tok)
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]"), len(vocab)
-
-
-def tiny_teacher_configs(image_size: int, vocab_size: int):
-    from transformers import BertConfig, GroundingDinoConfig, Sam2Config, Sam2HieraDetConfig, Sam2VisionConfig, SwinConfig
-
-    swin = SwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4, image_size=image_size,
-                      out_features=["stage2", "stage3", "stage4"])
-    bert = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                      vocab_size=vocab_size)
-    detector = GroundingDinoConfig(backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1,
-                                   decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=20,
-                                   encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=4,
-                                   max_text_len=32)
-    s = image_size
-    hiera = Sam2HieraDetConfig(hidden_size=16, embed_dim_per_stage=[16, 32, 64, 128], blocks_per_stage=[1, 1, 2, 1],
-                               num_attention_heads_per_stage=[1, 1, 1, 1], global_attention_blocks=[3],
-                               window_size_per_stage=[4, 4, 4, 4], image_size=[s, s],
-                               window_positional_embedding_background_size=[4, 4])
-    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32,
-                              backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]])
-    segmenter = Sam2Config(vision_config=vision, prompt_encoder_config={"hidden_size": 32, "image_size": s,
-                                                                        "patch_size": 16},
-                           mask_decoder_config={"hidden_size": 32})
-    return detector, segmenter
-
-
-def full_teacher_configs():
-    """mm-Grounding-DINO-L (Swin-L + BERT-base) and SAM2.1-L (Hiera-L) layouts, for random-weight builds."""
-    from transformers import BertConfig, MMGroundingDinoConfig, Sam2Config, Sam2HieraDetConfig, Sam2VisionConfig, SwinConfig
-
-    swin = SwinConfig(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12, image_size=384,
-                      out_features=["stage2", "stage3", "stage4"])
-    detector = MMGroundingDinoConfig(backbone_config=swin, text_config=BertConfig(), num_feature_levels=4)
-    hiera = Sam2HieraDetConfig(hidden_size=144, embed_dim_per_stage=[144, 288, 576, 1152],
-                               blocks_per_stage=[2, 6, 36, 4], num_attention_heads_per_stage=[2, 4, 8, 16],
-                               global_attention_blocks=[23, 33, 43], window_size_per_stage=[8, 4, 16, 8],
-                               image_size=[1024, 1024], window_positional_embedding_background_size=[7, 7])
-    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[1152, 576, 288, 144])
-    return detector, Sam2Config(vision_config=vision)
+            total = total + (bce + dice_loss(pred, gt)).sum()
+            count += len(xyxy)
+        return total / max(count, 1)
 
 
 def build_grounding_sam_teacher(cfg: ModelConfig, class_names: list[str]) -> GroundingSamTeacher:
-    from transformers import AutoTokenizer, GroundingDinoForObjectDetection, Sam2Model
-
+    """`preset: tiny` (width 32, random, 128 px), `full` with `pretrained: ""|random` (the released
+    architectures, random weights), else the checkpoints `cfg.detector` / `cfg.segmenter`."""
+    if cfg.detector_kind not in ("", *DETECTORS):
+        raise ValueError(f"teacher.detector_kind '{cfg.detector_kind}' is not one of {['', *DETECTORS]}")
     if cfg.preset == "tiny":
         tokenizer, vocab_size = build_tiny_bert_tokenizer(class_names)
-        det_cfg, seg_cfg = tiny_teacher_configs(128, vocab_size)
-        detector, segmenter = GroundingDinoForObjectDetection(det_cfg), Sam2Model(seg_cfg)
-        det_size, seg_size = 128, 128
-    elif cfg.preset == "full" and cfg.pretrained in ("", "random"):  # paper's architecture, random weights
-        tokenizer, _ = build_tiny_bert_tokenizer(class_names)
+        det_cfg, seg_cfg = tiny_teacher_configs(128, vocab_size, max_text_len=cfg.max_text_len or 32,
+                                                mm=cfg.detector_kind == "mm-grounding-dino")
+        detector, segmenter = DETECTORS[cfg.detector_kind or "grounding-dino"](det_cfg), None
+        short_side, max_side = 128, 128
+    elif cfg.preset == "full" and cfg.pretrained in ("", "random"):
+        tokenizer, _ = build_tiny_bert_tokenizer(class_names)  # BERT's special ids; words map into its vocab
         det_cfg, seg_cfg = full_teacher_configs()
-        detector = _detector_class(cfg.detector)(det_cfg)
-        segmenter = Sam2Model(seg_cfg)
-        det_size, seg_size = 800, 1024
+        if cfg.max_text_len:
+            det_cfg.max_text_len = cfg.max_text_len
+        detector, segmenter = DETECTORS[cfg.detector_kind or "mm-grounding-dino"](det_cfg), None
+        short_side, max_side = cfg.detector_short_side, cfg.detector_max_side
     else:
-        detector_cls = _detector_class(cfg.detector)
         tokenizer = load_pretrained(AutoTokenizer, cfg.detector)
-        detector = load_pretrained(detector_cls, cfg.detector)
-        segmenter = load_pretrained(Sam2Model, cfg.segmenter)
-        det_size, seg_size = 800, segmenter.config.vision_config.backbone_config.image_size[0]
-    input_ids = tokenizer(build_prompt(class_names))["input_ids"]
-    teacher = GroundingSamTeacher(detector, segmenter, input_ids, len(class_names),
-                                  cfg.num_queries, cfg.embed_dim, det_size, seg_size)
+        detector = load_pretrained(detector_class(cfg.detector, cfg.detector_kind), cfg.detector)
+        segmenter = load_pretrained(Sam2Model, cfg.segmenter) if cfg.segmenter_backend == "transformers" else None
+        seg_cfg = None
+        short_side, max_side = cfg.detector_short_side, cfg.detector_max_side
+    backend = HF_SAM2
+    if cfg.segmenter_backend == "transformers" and segmenter is None:
+        segmenter = Sam2Model(seg_cfg)
+    if cfg.segmenter_backend == "sam2":  # Meta's package: cfg.segmenter = "<config>" or "<config>:<checkpoint.pt>"
+        config, _, checkpoint = (cfg.segmenter if cfg.preset != "tiny" else "sam2.1_hiera_t").partition(":")
+        segmenter, backend = build_meta_sam2(config, "" if cfg.pretrained in ("", "random") else checkpoint), META_SAM2
+    elif cfg.segmenter_backend != "transformers":
+        raise ValueError(f"teacher.segmenter_backend '{cfg.segmenter_backend}' is not 'transformers' or 'sam2'")
+    max_text_len = min(cfg.max_text_len or detector.config.max_text_len, detector.config.max_text_len)
+    chunks = chunk_prompts(class_names, tokenizer, max_text_len)
+    teacher = GroundingSamTeacher(detector, segmenter, chunks, cfg.num_queries, cfg.embed_dim, short_side, max_side,
+                                  backend)
+    if cfg.freeze_text_encoder:
+        for param in teacher.detector.model.text_backbone.parameters():
+            param.requires_grad_(False)
     return teacher
-
-
-def _detector_class(name: str):
-    import transformers
-
-    if "mm_grounding_dino" in name.lower() or "mm-grounding-dino" in name.lower():
-        return transformers.MMGroundingDinoForObjectDetection
-    return transformers.GroundingDinoForObjectDetection
