@@ -155,13 +155,15 @@ class GroundingSamTeacher(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------
     def forward_train(self, images: torch.Tensor, groups: dict[str, tuple[torch.Tensor, list[dict]]],
-                      image_sizes: list[tuple[int, int]] | None = None
-                      ) -> tuple[SegOutput, dict[str, dict[str, torch.Tensor]]]:
-        """One forward of both models over the batch -> the fused output (for L_con) and, per group
-        name ("sup", "pl"), the adaptation losses of its images: groups[name] = (indices into the
-        batch, targets {"labels" (n,), "masks" (n, H, W) bool in the input frame})."""
+                      image_sizes: list[tuple[int, int]] | None = None, need_output: bool = True
+                      ) -> tuple[SegOutput | None, dict[str, dict[str, torch.Tensor]]]:
+        """One forward of both models over the batch -> the fused output (for L_con; None when
+        `need_output` is False: fine-tuning needs only the losses) and, per group name ("sup", "pl"),
+        the adaptation losses of its images: groups[name] = (indices into the batch, targets
+        {"labels" (n,), "masks" (n, H, W) bool in the input frame})."""
         p = self.run(images, image_sizes)
-        return self.fuse(p), {name: self.group_losses(p, idx, targets) for name, (idx, targets) in groups.items()}
+        losses = {name: self.group_losses(p, idx, targets) for name, (idx, targets) in groups.items()}
+        return (self.fuse(p) if need_output else None), losses
 
     def adaptation_loss(self, images: torch.Tensor, targets: list[dict],
                         image_sizes: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
