@@ -90,7 +90,9 @@ def _evaluate(model: torch.nn.Module, config: dict, device: torch.device) -> dic
     from sskd_ray.eval.model_eval import evaluate_model
 
     data = config["data"]
-    metrics, _ = evaluate_model(model, data["val_json"], data["val_images"], data["image_size"], device=device)
+    inference = data.get("inference") or {}
+    metrics, _ = evaluate_model(model, data["val_json"], data["val_images"], inference.get("short_side", data["image_size"]),
+                                device=device, max_side=inference.get("max_side", 0))
     return {k: v for k, v in metrics.items() if k.startswith("mask_")}
 
 
