@@ -8,18 +8,23 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from sskd_ray.config import Config
+from sskd_ray.config import Config, LossConfig
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.data.coco import load_coco
 from sskd_ray.data.resize import fit_size, pad_batch
+from sskd_ray.data.views import make_views
 from sskd_ray.deploy.predict import predict_arrays
 from sskd_ray.eval.model_eval import predict_coco
 from sskd_ray.label.predictor import TeacherPredictor
+from sskd_ray.losses.correspondence import strong_to_weak
+from sskd_ray.losses.point_sampling import uncertain_points
 from sskd_ray.models.build import build_model, tiny_model_config
 from sskd_ray.models.outputs import SegOutput
 from sskd_ray.models.postprocess import instances_from_output
+from sskd_ray.train.objective import Objective
 
 WIDE, TALL = (40, 80), (30, 90)  # 2:1 and 1:3 originals (H, W)
 
@@ -157,3 +162,119 @@ def test_predict_arrays_runs_at_native_aspect(student, tmp_path):
     for (_, array, insts), im in zip(done, items):
         assert array.shape[:2] == (im["height"], im["width"])
         assert insts and all(i.mask.shape == (im["height"], im["width"]) for i in insts)
+
+
+# ---- training views at native aspect ------------------------------------------------------------
+
+def _position_image(h: int, w: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return torch.stack([xs, ys, torch.full_like(xs, 0.5)])  # colour encodes the scene position
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weak_view_is_a_crop_of_the_scaled_image_with_its_aspect(seed):
+    image = _position_image(40, 80)  # 2:1
+    pair = make_views(image, 32, torch.Generator().manual_seed(seed), flip=False, photometric=False,
+                      crop_size=(32, 48))
+    assert pair.scaled_size == (32, 64) and pair.weak.shape == (3, 32, 48)
+    top, left = pair.offset
+    assert top == 0 and 0 <= left <= 16
+    scaled = F.interpolate(image[None], size=(32, 64), mode="bilinear", align_corners=False, antialias=True)[0]
+    assert torch.equal(pair.weak, scaled[:, :, left:left + 48]) and pair.pad_mask.all()
+    # the strong view is exactly the crop-box pixels of the weak view, resized, with the crop's aspect
+    x0, y0, x1, y1 = pair.crop_box.tolist()
+    rows, cols = slice(round(y0 * 32), round(y1 * 32)), slice(round(x0 * 48), round(x1 * 48))
+    box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
+    assert abs(box_w / box_h - 48 / 32) < 0.1  # aspect of the crop, up to rounding
+    ref = F.interpolate(pair.weak[None, :, rows, cols], size=(32, 48), mode="bilinear", align_corners=False)[0]
+    if pair.strong_flipped:
+        ref = ref.flip(-1)
+    assert torch.allclose(pair.strong, ref.clamp(0, 1))
+
+
+def test_scale_jitter_keeps_the_aspect_within_its_range():
+    image = _position_image(40, 80)
+    shorts = set()
+    for seed in range(12):
+        pair = make_views(image, 32, torch.Generator().manual_seed(seed), crop_size=(24, 24), scale_jitter=(0.5, 2.0))
+        sh, sw = pair.scaled_size
+        assert 16 <= sh <= 64 and abs(sw - 2 * sh) <= 1
+        assert pair.weak.shape == (3, 24, 24)
+        shorts.add(sh)
+    assert len(shorts) > 3  # the scale really varies
+
+
+def test_pad_mask_is_exact_for_an_image_smaller_than_the_crop():
+    image = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0))
+    pair = make_views(image, 20, torch.Generator().manual_seed(1), flip=False, photometric=False, crop_size=(32, 48))
+    expected = torch.zeros(32, 48, dtype=torch.bool)
+    expected[:20, :30] = True
+    assert torch.equal(pair.pad_mask, expected) and pair.offset == (0, 0)
+    assert torch.equal(pair.weak[:, :20, :30], image) and pair.weak[:, 20:].eq(0).all() and pair.weak[:, :, 30:].eq(0).all()
+    x0, y0, x1, y1 = pair.crop_box.tolist()
+    assert 0 <= x0 < x1 <= 30 / 48 and 0 <= y0 < y1 <= 20 / 32  # the strong crop never takes padding
+
+
+def test_targets_follow_scale_flip_crop_and_padding(tmp_path):
+    from sskd_ray.train.data import _resize_masks
+
+    image = torch.zeros(3, 20, 40)
+    mask = np.zeros((1, 20, 40), bool)
+    mask[0, 5:15, 0:10] = True  # the original's left edge
+    pair = make_views(image, 40, torch.Generator().manual_seed(3), flip=True, photometric=False, crop_size=(48, 64))
+    # scaled to (40, 80) then cropped at (top 0, some left): the view is (48, 64), padded below row 40
+    masks = _resize_masks(mask, pair)
+    assert masks.shape == (1, 48, 64) and not masks[0, 40:].any()
+    full = np.zeros((40, 80), bool)
+    full[10:30, 0:20] = True
+    if pair.weak_flipped:
+        full = full[:, ::-1]
+    top, left = pair.offset
+    assert np.array_equal(masks[0, :40].numpy(), full[top:top + 40, left:left + 64])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_strong_to_weak_pairs_the_same_scene_location_on_a_non_square_view(seed):
+    image = _position_image(60, 120)
+    pair = make_views(image, 32, torch.Generator().manual_seed(seed), photometric=False, crop_size=(32, 48),
+                      scale_jitter=(0.8, 1.5))
+    aligned, valid = strong_to_weak(pair.strong[None], pair.crop_box[None], pair.strong_flipped[None], (32, 48))
+    weak = F.normalize(pair.weak[None], dim=1)
+    assert valid.float().mean() > 0.1
+    error = (aligned - weak).abs().amax(1)[valid]
+    assert error.median() < 0.03 and error.max() < 0.15
+
+
+def test_padding_is_never_an_anchor():
+    """The weak-view embeddings get gradient from L_con only where they are anchors: none in padding."""
+    cfg = dataclasses.replace(tiny_model_config(Config().student), image_size=64)
+    model = build_model(cfg, list(CLASS_NAMES))
+    objective = Objective(model, LossConfig(num_negatives=8, max_anchors=10_000), False, True)
+    g = torch.Generator().manual_seed(0)
+    weak = F.normalize(torch.randn(1, 8, 8, 12, generator=g), dim=1).requires_grad_(True)
+    strong = F.normalize(torch.randn(1, 8, 8, 12, generator=g), dim=1)
+    out_w = SegOutput(torch.randn(1, 4, 8, 12, generator=g), torch.randn(1, 4, 11, generator=g), weak, [])
+    pad = torch.zeros(1, 32, 48, dtype=torch.bool)
+    pad[:, :, :24] = True  # the left half of the view is real
+    targets = [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 32, 48, dtype=torch.bool)}]
+    box, flipped = torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([False])
+    for mask, grad_in_padding in ((pad, False), (None, True)):
+        weak.grad = None
+        loss, _ = objective._contrastive(out_w, strong, box, flipped, targets, torch.tensor([True]),
+                                         torch.Generator().manual_seed(1), mask)
+        loss.backward()
+        per_pixel = weak.grad.abs().sum(1)[0]  # (8, 12)
+        assert per_pixel[:, :6].gt(0).any()
+        assert bool(per_pixel[:, 6:].gt(0).any()) == grad_in_padding
+
+
+def test_uncertain_points_avoid_padding():
+    logits = torch.full((2, 16, 16), 10.0)  # confident on real pixels
+    logits[:, :, 8:] = 0.0  # maximally uncertain in the padding (right half)
+    valid = torch.zeros(2, 16, 16, dtype=torch.bool)
+    valid[:, :, :8] = True
+    g = torch.Generator().manual_seed(0)
+    coords = uncertain_points(logits, 40, 3.0, 0.75, g, valid=valid)
+    assert coords[:, :30, 0].lt(0.5).all()  # the 30 importance points all lie on real pixels
+    coords = uncertain_points(logits, 40, 3.0, 0.75, torch.Generator().manual_seed(0))
+    assert coords[:, :30, 0].ge(0.5).float().mean() > 0.9  # without the mask they would sit in the padding

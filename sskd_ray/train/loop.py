@@ -22,7 +22,7 @@ from sskd_ray import storage
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
-from sskd_ray.train.data import build_training_set, draw_batch
+from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
 
 MODEL_FILE, STATE_FILE, METRICS_FILE, HISTORY_FILE = "model.pt", "state.pt", "metrics.json", "history.json"
@@ -142,14 +142,14 @@ def train_loop_per_worker(config: dict) -> None:
         factor = lr_factor(stage.schedule, it, stage.iterations)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        batch = draw_batch(ts, it, config["seed"], stage.batch_size, rank, world, pseudo_share)
+        batch = draw_batch(ts, it, config["seed"], stage.batch_size, rank, world, pseudo_share, ViewSizes.from_data(data))
         counts = [float(sum(len(t["labels"]) for t, lab in zip(batch.targets, batch.labeled) if lab == flag))
                   for flag in (True, False)]
         num_masks = tuple(max(c, 1.0) for c in _reduce_mean(counts, world, device))
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             terms = objective(batch.weak.to(device), batch.strong.to(device), batch.crop_boxes, batch.strong_flipped,
-                              targets, batch.labeled, num_masks, generator)
+                              targets, batch.labeled, num_masks, generator, batch.pad_mask.to(device))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if stage.grad_clip > 0:

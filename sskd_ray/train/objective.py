@@ -64,7 +64,7 @@ class Objective(nn.Module):
 
     def forward(self, weak: torch.Tensor, strong: torch.Tensor, crop_boxes: torch.Tensor, strong_flipped: torch.Tensor,
                 targets: list[dict], labeled: torch.Tensor, num_masks: tuple[float, float],
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, pad_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         b = weak.shape[0]
         lab = labeled.nonzero(as_tuple=True)[0].to(weak.device)
         pl = (~labeled).nonzero(as_tuple=True)[0].to(weak.device) if self.use_pseudo_labels else lab[:0]
@@ -85,12 +85,13 @@ class Objective(nn.Module):
             for idx, key, count in ((lab, "loss_sup", num_masks[0]), (pl, "loss_pl", num_masks[1])):
                 if len(idx):
                     terms[key] = set_loss(select(out_w, idx), [targets[i] for i in idx.tolist()], count,
+                                          pad_mask=pad_mask[idx] if pad_mask is not None else None,
                                           **self.weights)["loss"]
         diagnostics = {}
         if self.use_contrastive:
             out_w = select(out, torch.arange(b, device=weak.device))
             terms["loss_con"], diagnostics = self._contrastive(out_w, out.embeddings[b:], crop_boxes, strong_flipped,
-                                                               targets, labeled, generator)
+                                                               targets, labeled, generator, pad_mask)
         total = (terms["loss_sup"] + self.cfg.pseudo_label_weight * terms["loss_pl"]
                  + self.cfg.contrastive_weight * terms["loss_con"])
         terms["loss"] = total if total.requires_grad else total + self._graph_zero()
@@ -98,12 +99,16 @@ class Objective(nn.Module):
 
     def _contrastive(self, out_w: SegOutput, strong_emb: torch.Tensor, crop_boxes: torch.Tensor,
                      strong_flipped: torch.Tensor, targets: list[dict], labeled: torch.Tensor,
-                     generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+                     generator: torch.Generator | None, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         weak_emb = out_w.embeddings  # (B, D, h, w)
         b, d, h, w = weak_emb.shape
         aligned, valid = strong_to_weak(strong_emb, crop_boxes.to(weak_emb.device), strong_flipped.to(weak_emb.device),
                                         (h, w))  # (B, D, h, w), (B, h, w)
+        if pad_mask is not None:  # anchors (and so positives and negatives) only on the weak view's real pixels
+            real = F.interpolate(pad_mask[:, None].float().to(valid.device), size=(h, w), mode="bilinear",
+                                 align_corners=False)[:, 0] > 0.5
+            valid = valid & real
         anchors_all = weak_emb.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
         positives_all = aligned.permute(0, 2, 3, 1).reshape(-1, d)
         keep = valid.reshape(-1).nonzero(as_tuple=True)[0]  # pixels seen in both views
