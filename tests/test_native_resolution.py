@@ -278,3 +278,24 @@ def test_uncertain_points_avoid_padding():
     assert coords[:, :30, 0].lt(0.5).all()  # the 30 importance points all lie on real pixels
     coords = uncertain_points(logits, 40, 3.0, 0.75, torch.Generator().manual_seed(0))
     assert coords[:, :30, 0].ge(0.5).float().mean() > 0.9  # without the mask they would sit in the padding
+
+
+def test_paper_configs_state_native_sizes_and_the_demo_stays_square():
+    from types import SimpleNamespace
+
+    from sskd_ray.config import ConfigError, load_config
+    from sskd_ray.train.data import ViewSizes
+    from sskd_ray.train.pipeline import _stage_data
+
+    paths = SimpleNamespace(labeled_json="l.json", val_json="v.json", val_images="v", unlabeled_json="u.json")
+    city = _stage_data(load_config("configs/cityscapes_10pct.yaml"), paths, 518)
+    assert ViewSizes.from_data(city) == ViewSizes(1024, (512, 1024), (0.5, 2.0))
+    assert city["inference"] == {"short_side": 1024, "max_side": 2048}
+    ade = _stage_data(load_config("configs/ade20k.yaml"), paths, 518)
+    assert ViewSizes.from_data(ade) == ViewSizes(512, (512, 512), (0.5, 2.0))
+    assert ade["inference"] == {"short_side": 512, "max_side": 2048}
+    demo = _stage_data(load_config("configs/default.yaml"), paths, 128)
+    assert ViewSizes.from_data(demo) == ViewSizes(128, (128, 128), (1.0, 1.0))
+    assert demo["inference"] == {"short_side": 128, "max_side": 0}
+    with pytest.raises(ConfigError, match="scale_jitter"):
+        load_config(None, ["data.scale_jitter=[2.0, 1.0]"])
