@@ -299,3 +299,63 @@ def test_paper_configs_state_native_sizes_and_the_demo_stays_square():
     assert demo["inference"] == {"short_side": 128, "max_side": 0}
     with pytest.raises(ConfigError, match="scale_jitter"):
         load_config(None, ["data.scale_jitter=[2.0, 1.0]"])
+
+
+# ---- batches drawn ahead on a thread ---------------------------------------------------------------
+
+def test_prefetched_batches_equal_direct_draws_from_a_resumed_iteration(builtin_dir):
+    from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
+    from sskd_ray.train.prefetch import BatchPrefetcher
+
+    ts = build_training_set(str(builtin_dir / "train.json"), str(builtin_dir / "images"), 32)
+    sizes = ViewSizes(32, (24, 40), (0.8, 1.2))
+
+    def make(i):
+        return draw_batch(ts, i, 7, 2, 0, 1, 0.0, sizes)
+
+    got = list(BatchPrefetcher(make, 3, 6, depth=2))
+    assert [it for it, _ in got] == [3, 4, 5]
+    for it, batch in got:
+        direct = make(it)
+        assert torch.equal(batch.weak, direct.weak) and torch.equal(batch.strong, direct.strong)
+        assert batch.weak.shape == (2, 3, 24, 40) and batch.pad_mask.shape == (2, 24, 40)
+        assert all(torch.equal(a["masks"], b["masks"]) for a, b in zip(batch.targets, direct.targets))
+
+
+def test_prefetcher_hands_over_the_skipped_record_and_errors():
+    from sskd_ray.train.prefetch import BatchPrefetcher
+
+    record: dict = {}
+
+    def make(i):
+        record[f"bad{i}"] = "unreadable"  # what draw_batch does for a broken image
+        if i == 4:
+            raise RuntimeError("no readable training image at iteration 4")
+        return i
+
+    seen = []
+    prefetch = BatchPrefetcher(make, 0, 6, depth=2, skipped=lambda: record)
+    with pytest.raises(RuntimeError, match="iteration 4"):
+        for it, batch in prefetch:
+            assert batch == it
+            seen.append(sorted(prefetch.skipped))  # a copy as of this batch, however far the thread ran
+    assert seen == [[f"bad{j}" for j in range(i + 1)] for i in range(4)]
+
+
+def test_prefetcher_overlaps_slow_batches_with_the_step():
+    import time
+
+    from sskd_ray.train.prefetch import BatchPrefetcher
+
+    def make(i):
+        time.sleep(0.1)  # decoding
+        return i
+
+    waits = []
+    prefetch = BatchPrefetcher(make, 0, 5, depth=2)
+    for _ in prefetch:
+        waits.append(prefetch.waited)
+        time.sleep(0.25)  # a step longer than a batch: the next one is ready when it ends
+    assert waits[0] > 0.05 and max(waits[1:]) < 0.05
+    inline = BatchPrefetcher(make, 0, 2, depth=0)  # no thread: every batch is waited for in full
+    assert [i for i, _ in inline] == [0, 1] and inline.waited >= 0.1

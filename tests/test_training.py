@@ -195,6 +195,7 @@ def test_stage_survives_a_killed_worker(smoke_run, local_ray, tmp_path, monkeypa
     assert len(resumed) == 1 and resumed[0] in (2, 4)  # a registered checkpoint before the crash
     steps = [row["iteration"] for row in history if "loss" in row]
     assert steps == sorted(steps) and steps[-1] == 8 and 5 in steps
+    assert all(0.0 <= row["data_wait_share"] <= 1.0 for row in history if "loss" in row)  # batches drawn ahead
     assert (tmp_path / "stage" / "final" / "model.pt").is_file() and (tmp_path / "stage" / "DONE").is_file()
     # a finished stage is not trained again
     monkeypatch.delenv(FAULT_ENV)

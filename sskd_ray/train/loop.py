@@ -24,6 +24,7 @@ from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
 from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
+from sskd_ray.train.prefetch import BatchPrefetcher
 
 MODEL_FILE, STATE_FILE, METRICS_FILE, HISTORY_FILE = "model.pt", "state.pt", "metrics.json", "history.json"
 FAULT_ENV = "SSKD_FAULT_AT_ITERATION"  # tests: "N:marker-path" makes one worker die once at iteration N
@@ -137,12 +138,17 @@ def train_loop_per_worker(config: dict) -> None:
     window: dict[str, list[float]] = {}
     tracking = config.get("tracking") or {}
     began, began_it = time.perf_counter(), start
-    for it in range(start, stage.iterations):
+    # batches are drawn ahead on a thread (decoding off the training thread), still one pure function
+    # of (seed, iteration, rank) each; `data.prefetch` = 0 draws them in the loop
+    sizes = ViewSizes.from_data(data)
+    batches = BatchPrefetcher(lambda i: draw_batch(ts, i, config["seed"], stage.batch_size, rank, world, pseudo_share, sizes),
+                              start, stage.iterations, int(data.get("prefetch", 2)), skipped=lambda: ts.skipped)
+    step_began = time.perf_counter()
+    for it, batch in batches:
         _maybe_fail(it)
         factor = lr_factor(stage.schedule, it, stage.iterations)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        batch = draw_batch(ts, it, config["seed"], stage.batch_size, rank, world, pseudo_share, ViewSizes.from_data(data))
         counts = [float(sum(len(t["labels"]) for t, lab in zip(batch.targets, batch.labeled) if lab == flag))
                   for flag in (True, False)]
         num_masks = tuple(max(c, 1.0) for c in _reduce_mean(counts, world, device))
@@ -157,6 +163,8 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.step()
         for key, value in terms.items():
             window.setdefault(key, []).append(float(value.detach()))
+        # the share of this step's time spent waiting for its batch (history: data_wait_share)
+        window.setdefault("data_wait_share", []).append(batches.waited / max(time.perf_counter() - step_began, 1e-9))
         done = it + 1
         last = done == stage.iterations
         row = None
@@ -179,15 +187,16 @@ def train_loop_per_worker(config: dict) -> None:
 
                 mlflow_tracking.log_metrics(tracking["uri"], tracking["run_id"], row, step=done)
         if done % stage.checkpoint_every == 0 or last:
-            report = {"iteration": done, "skipped_images": len(ts.skipped)}
+            report = {"iteration": done, "skipped_images": len(batches.skipped)}
             if rank == 0:
                 metrics = None
                 if last:
                     metrics = {**{k: v for k, v in history[-1].items() if k.startswith("mask_")}, "iterations": done,
-                               "skipped": ts.skipped, "world_size": world}
+                               "skipped": batches.skipped, "world_size": world}
                     report.update({k: v for k, v in metrics.items() if k.startswith("mask_")})
-                folder = _save(plain, optimizer, done, history, ts.skipped, metrics)
+                folder = _save(plain, optimizer, done, history, batches.skipped, metrics)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
                 shutil.rmtree(folder, ignore_errors=True)  # report() copied it into the run's storage
             else:
                 ray.train.report(report)
+        step_began = time.perf_counter()
