@@ -359,3 +359,24 @@ def test_prefetcher_overlaps_slow_batches_with_the_step():
     assert waits[0] > 0.05 and max(waits[1:]) < 0.05
     inline = BatchPrefetcher(make, 0, 2, depth=0)  # no thread: every batch is waited for in full
     assert [i for i, _ in inline] == [0, 1] and inline.waited >= 0.1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_window_resampled_masks_equal_scaling_the_whole_mask(seed):
+    from sskd_ray.train.data import _resize_masks
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 30, 50), bool)
+    for m in masks:
+        y, x = rng.integers(0, 20), rng.integers(0, 40)
+        m[y:y + rng.integers(3, 10), x:x + rng.integers(3, 10)] = True
+    pair = make_views(torch.zeros(3, 30, 50), 24, torch.Generator().manual_seed(seed), crop_size=(32, 32),
+                      scale_jitter=(0.7, 2.0), photometric=False)
+    whole = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=pair.scaled_size, mode="bilinear",
+                          align_corners=False)[:, 0] > 0.5
+    if pair.weak_flipped:
+        whole = whole.flip(-1)
+    top, left = pair.offset
+    window = whole[:, top:top + 32, left:left + 32]
+    expected = F.pad(window, (0, 32 - window.shape[-1], 0, 32 - window.shape[-2]))
+    assert torch.equal(_resize_masks(masks, pair), expected)

@@ -100,22 +100,31 @@ def _load_image(path: str) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255  # (3, H, W)
 
 
-def _resize_masks(masks: np.ndarray, views: ViewPair) -> torch.Tensor:
+def _resize_masks(masks: np.ndarray, views: ViewPair, chunk: int = 16) -> torch.Tensor:
     """(n, H, W) masks of the original image -> (n, h, w) bool in the weak view's frame: scaled like the
-    image, flipped with it, cropped at its offset and padded (False) to the crop size."""
+    image (bilinear, > 0.5), flipped with it, cropped at its offset and padded (False) to the crop size.
+
+    Only the crop window is resampled (`grid_sample` at its pixels' centres, which is what
+    `F.interpolate(align_corners=False)` computes there), a few masks at a time: a 2x-jittered
+    Cityscapes frame would be 2048 x 4096 floats per instance if scaled whole."""
     ch, cw = views.weak.shape[-2:]
-    if masks.shape[0] == 0:
-        return torch.zeros(0, ch, cw, dtype=torch.bool)
-    m = torch.from_numpy(masks)
-    if tuple(views.scaled_size) != tuple(m.shape[-2:]):
-        m = F.interpolate(m[:, None].float(), size=tuple(views.scaled_size), mode="bilinear",
-                          align_corners=False)[:, 0] > 0.5  # (n, sh, sw)
-    m = m.bool()
+    (sh, sw), (top, left) = views.scaled_size, views.offset
+    rh, rw = max(0, min(ch, sh - top)), max(0, min(cw, sw - left))
+    if masks.shape[0] == 0 or rh == 0 or rw == 0:
+        return torch.zeros(masks.shape[0], ch, cw, dtype=torch.bool)
+    x_start = sw - left - rw if views.weak_flipped else left  # the window in the unflipped scaled image
+    ys = (top + torch.arange(rh, dtype=torch.float32) + 0.5) / sh  # fractions of the original's height
+    xs = (x_start + torch.arange(rw, dtype=torch.float32) + 0.5) / sw
+    grid = (torch.stack([xs[None, :].expand(rh, rw), ys[:, None].expand(rh, rw)], dim=-1) * 2 - 1)[None]
+    parts = []
+    for s in range(0, masks.shape[0], chunk):
+        m = torch.from_numpy(masks[s:s + chunk])[:, None].float()  # (k, 1, H, W)
+        parts.append(F.grid_sample(m, grid.expand(m.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
+                                   align_corners=False)[:, 0] > 0.5)  # (k, rh, rw)
+    m = torch.cat(parts)
     if views.weak_flipped:
         m = m.flip(-1)
-    top, left = views.offset
-    m = m[:, top:top + ch, left:left + cw]
-    return F.pad(m, (0, cw - m.shape[-1], 0, ch - m.shape[-2]))  # False in the padding
+    return F.pad(m, (0, cw - rw, 0, ch - rh))  # False in the padding
 
 
 def load_example(ts: TrainingSet, sample: Sample, generator: torch.Generator, photometric: bool = True,
