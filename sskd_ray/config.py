@@ -43,6 +43,15 @@ class DataConfig:
     # dir's sskd-image-cache); 0 GB turns it off. Local paths are never cached.
     image_cache_dir: str = ""
     image_cache_gb: float = 20.0
+    # Native aspect ratio (0 / empty = the stage model's image_size, which keeps the demo's square
+    # 128-px scenes at 128). Training: short side train_short_side x U(scale_jitter), then a random
+    # crop_size [h, w] crop (padded where the scaled image is smaller). Evaluation, labeling and
+    # predict: short side eval_short_side, long side at most eval_max_side (0: no cap).
+    train_short_side: int = 0
+    scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    crop_size: list[int] = field(default_factory=list)
+    eval_short_side: int = 0
+    eval_max_side: int = 0
 
 
 @dataclass
@@ -282,6 +291,13 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"stages.{stage_name}: iterations, batch_size, num_workers and cpus_per_worker must be >= 1")
     if not 0.0 < cfg.data.labeled_fraction <= 1.0:
         raise ConfigError(f"data.labeled_fraction: {cfg.data.labeled_fraction} is not in (0, 1]")
+    d = cfg.data
+    if len(d.scale_jitter) != 2 or not 0 < d.scale_jitter[0] <= d.scale_jitter[1]:
+        raise ConfigError(f"data.scale_jitter: {d.scale_jitter} is not [lo, hi] with 0 < lo <= hi")
+    if d.crop_size and (len(d.crop_size) != 2 or min(d.crop_size) < 1):
+        raise ConfigError(f"data.crop_size: {d.crop_size} is not [h, w] with positive sides (or [] for square)")
+    if min(d.train_short_side, d.eval_short_side, d.eval_max_side) < 0:
+        raise ConfigError("data.train_short_side, eval_short_side and eval_max_side must be >= 0")
     if cfg.loss.temperature <= 0:
         raise ConfigError("loss.temperature must be > 0")
     if cfg.data.source == "coco" and not (cfg.data.train_json and cfg.data.val_json):

@@ -55,6 +55,7 @@ def test_export_torchscript_and_onnx_match_eager(trained_student, tmp_path):
     else:
         assert all(v < 1e-3 for v in parity["onnx"].values()), parity["onnx"]
     assert parity["ok"]
+    assert parity["native_aspect"]["size"] == [64, 128] and parity["native_aspect"]["ok"]  # H, W dynamic
     text = (tmp_path / "MODEL_CARD.md").read_text()
     for fact in (CLASS_NAMES[0], "(B, 3, 64, 64)", "1.5 / 4.0", "parameters", "onnxruntime"):
         assert fact in text, fact

@@ -195,6 +195,7 @@ def test_stage_survives_a_killed_worker(smoke_run, local_ray, tmp_path, monkeypa
     assert len(resumed) == 1 and resumed[0] in (2, 4)  # a registered checkpoint before the crash
     steps = [row["iteration"] for row in history if "loss" in row]
     assert steps == sorted(steps) and steps[-1] == 8 and 5 in steps
+    assert all(0.0 <= row["data_wait_share"] <= 1.0 for row in history if "loss" in row)  # batches drawn ahead
     assert (tmp_path / "stage" / "final" / "model.pt").is_file() and (tmp_path / "stage" / "DONE").is_file()
     # a finished stage is not trained again
     monkeypatch.delenv(FAULT_ENV)
@@ -260,3 +261,12 @@ def test_vfm_teacher_without_contrastive_trains_from_one_pass(smoke_run, monkeyp
     assert calls == [] and sup > 0 and loss == pytest.approx(sup)
     terms["loss"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.detector.parameters())
+
+
+def test_content_sizes_of_a_padded_batch():
+    from sskd_ray.train.objective import content_sizes
+
+    mask = torch.zeros(2, 6, 8, dtype=torch.bool)
+    mask[0, :4, :8] = True  # a wide image padded at the bottom
+    mask[1, :6, :3] = True  # a tall one padded at the right
+    assert content_sizes(mask) == [(4, 8), (6, 3)]

@@ -1,8 +1,8 @@
 """A trained model folder (`model.pt` + `teacher.json`, e.g. `<run_dir>/student/final`) -> TorchScript
 and ONNX files with a parity check and a model card.
 
-The deployed graph takes images in [0, 1], (B, 3, H, W), and returns (mask_logits (B, N, H/4, W/4),
-class_logits (B, N, C + 1)); normalisation happens inside, post-processing (`instances_from_output`)
+The deployed graph takes images in [0, 1], (B, 3, H, W) with H, W dynamic (checked at a 1:2 size),
+and returns (mask_logits (B, N, H/4, W/4), class_logits (B, N, C + 1)); normalisation happens inside, post-processing (`instances_from_output`)
 stays in Python so thresholds can change without re-exporting.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 
 from sskd_ray import storage
 from sskd_ray.config import ModelConfig
+from sskd_ray.data.resize import size_multiple
 from sskd_ray.models.build import build_model
 
 OPSET = 18
@@ -55,12 +56,15 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> P
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[Path, list[str]]:
-    """ONNX with a dynamic batch axis (the image size is fixed: the position encodings and the
-    decoder's attention masks are traced at the export size). Returns the path and the dynamic axes."""
+    """ONNX with dynamic batch, height and width axes, so images run at their own aspect ratio (the
+    student's position encodings and attention masks are computed from the feature maps' shapes;
+    `check_parity` verifies this at a non-square size). Returns the path and the dynamic axes."""
     torch.onnx.export(DeployModel(model).eval(), (example,), str(path), opset_version=OPSET, dynamo=False,
                       input_names=["images"], output_names=["mask_logits", "class_logits"],
-                      dynamic_axes={"images": {0: "batch"}, "mask_logits": {0: "batch"}, "class_logits": {0: "batch"}})
-    return path, ["batch"]
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                    "mask_logits": {0: "batch", 2: "mask_height", 3: "mask_width"},
+                                    "class_logits": {0: "batch"}})
+    return path, ["batch", "height", "width"]
 
 
 def _max_diff(a: torch.Tensor, b) -> float:
@@ -68,8 +72,8 @@ def _max_diff(a: torch.Tensor, b) -> float:
 
 
 def check_parity(model: nn.Module, torchscript: Path, onnx: Path, images: torch.Tensor, atol: float = 1e-3) -> dict:
-    """Max |exported - eager| per output on `images` (a batch size other than the export's, so the
-    dynamic batch axis is exercised). onnxruntime is optional: when it cannot load, says why."""
+    """Max |exported - eager| per output on `images` (a batch size, or an image size, other than the
+    export's, so the dynamic axes are exercised). onnxruntime is optional: when it cannot load, says why."""
     with torch.no_grad():
         eager = DeployModel(model).eval()(images)
         scripted = torch.jit.load(str(torchscript))(images)
@@ -111,6 +115,15 @@ def _latencies(model: nn.Module, torchscript: Path, onnx: Path, size: int, runs:
     return out
 
 
+def _dynamic(card: dict) -> str:
+    native = card["parity"].get("native_aspect") or {}
+    if native.get("ok"):
+        h, w = native["size"]
+        return (f"batch, H and W dynamic (parity checked at {h} x {w}); run images at their aspect ratio with "
+                "`sskd_ray.data.resize.prepare_arrays`, sides a multiple of the model's stride")
+    return "batch dynamic; H, W fixed at the export size (a non-square input did not match eager)"
+
+
 def write_model_card(out: Path, card: dict) -> Path:
     m, eff = card["model"], card["efficiency"]
     metrics = card.get("metrics") or {}
@@ -118,7 +131,7 @@ def write_model_card(out: Path, card: dict) -> Path:
              "| | |", "|---|---|",
              f"| classes ({len(card['class_names'])}) | {', '.join(card['class_names'])} |",
              f"| category ids | {card['category_ids']} |",
-             f"| input | RGB float (B, 3, {m['image_size']}, {m['image_size']}) in [0, 1]; batch dynamic, size fixed |",
+             f"| input | RGB float (B, 3, {m['image_size']}, {m['image_size']}) in [0, 1] at export; {_dynamic(card)} |",
              f"| normalisation | inside the model: {card['normalisation']} |",
              "| outputs | mask_logits (B, N, H/4, W/4), class_logits (B, N, C+1; last = no object) |",
              f"| queries N | {m['num_queries']} |",
@@ -154,6 +167,11 @@ def _export_into(folder: str, out: Path, batch: int) -> dict:
     ts = export_torchscript(model, example, out / "student.pt")
     onnx, dynamic = export_onnx(model, example, out / "student.onnx")
     parity = check_parity(model, ts, onnx, torch.rand(batch + 1, 3, size, size, generator=generator))
+    # native aspect: the same files at a 1:2 input (sides a multiple of the model's stride)
+    multiple = size_multiple(model)
+    wide = (-(-size // multiple) * multiple, -(-2 * size // multiple) * multiple)
+    parity["native_aspect"] = check_parity(model, ts, onnx, torch.rand(1, 3, *wide, generator=generator))
+    parity["native_aspect"]["size"] = list(wide)
     mean, std = getattr(getattr(model, "encoder", None), "norm", (None, None))
     metrics_path = storage.join(folder, "metrics.json")
     card = {**card, "parity": parity, "dynamic_axes": dynamic,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from sskd_ray import storage
 from sskd_ray.data.decode import decode_image
+from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple
 from sskd_ray.deploy.export import load_trained
 from sskd_ray.label.sources import list_images
 from sskd_ray.models.postprocess import Instance, instances_from_output, instances_to_coco
@@ -54,9 +54,12 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], class_names: list
 
 
 @torch.no_grad()
-def predict_arrays(model, card: dict, images: list[dict], batch_size: int, threshold: float, top_k: int):
-    """-> ([(image, array, instances)], [{"path", "reason"}] for images that could not be read)."""
-    size = card["model"]["image_size"]
+def predict_arrays(model, card: dict, images: list[dict], batch_size: int, threshold: float, top_k: int,
+                   device: torch.device | str = "cpu"):
+    """-> ([(image, array, instances)], [{"path", "reason"}] for images that could not be read).
+    Images enter the model at their own aspect ratio (the card's inference sizes), on `device`."""
+    short_side, max_side = inference_sizes(card)
+    multiple = size_multiple(model)
     decoded, errors = [], []
     for im in images:
         try:
@@ -70,9 +73,9 @@ def predict_arrays(model, card: dict, images: list[dict], batch_size: int, thres
     done = []
     for s in range(0, len(decoded), batch_size):
         chunk = decoded[s:s + batch_size]
-        batch = torch.stack([F.interpolate(torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255, size=(size, size),
-                                           mode="bilinear", align_corners=False)[0] for _, a in chunk])
-        found = instances_from_output(model(batch), [a.shape[:2] for _, a in chunk], threshold, top_k)
+        batch, sizes = prepare_arrays([a for _, a in chunk], short_side, max_side, multiple, device)
+        found = instances_from_output(model(batch, image_sizes=sizes), [a.shape[:2] for _, a in chunk], threshold,
+                                      top_k, image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
         done += [(im, array, insts) for (im, array), insts in zip(chunk, found)]
     return done, errors
 

@@ -13,11 +13,11 @@ from dataclasses import fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sskd_ray import storage
 from sskd_ray.config import ModelConfig
 from sskd_ray.data.decode import decode_image
+from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple
 from sskd_ray.data.pseudo_labels import write_shard
 from sskd_ray.models.build import build_model
 from sskd_ray.models.postprocess import instances_from_output, instances_to_coco
@@ -42,7 +42,10 @@ class TeacherPredictor:
         self.model = build_teacher_from_spec(spec).to(self.device)
         self.category_ids = spec["category_ids"]
         self.out_dir = storage.normalize(out_dir)
-        self.teacher_id, self.image_size = teacher_id, image_size
+        self.teacher_id = teacher_id
+        # native aspect: short side from the card's "inference" sizes, else `image_size`; long side capped there
+        self.short_side, self.max_side = inference_sizes(spec, image_size)
+        self.multiple = size_multiple(self.model)
         self.score_threshold, self.top_k = score_threshold, top_k
         self.batch_size, self.max_pixels = batch_size, max_pixels
 
@@ -50,12 +53,11 @@ class TeacherPredictor:
         out = []
         for s in range(0, len(arrays), self.batch_size):
             chunk = arrays[s:s + self.batch_size]
-            batch = torch.stack([
-                F.interpolate(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, size=(self.image_size,) * 2,
-                              mode="bilinear", align_corners=False)[0] for a in chunk]).to(self.device)
             with torch.inference_mode():
-                result = self.model(batch)
-            out += instances_from_output(result, [a.shape[:2] for a in chunk], self.score_threshold, self.top_k)
+                batch, sizes = prepare_arrays(chunk, self.short_side, self.max_side, self.multiple, self.device)
+                result = self.model(batch, image_sizes=sizes)
+                out += instances_from_output(result, [a.shape[:2] for a in chunk], self.score_threshold, self.top_k,
+                                             image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
         return out
 
     def label_shard(self, shard: str, images: list[dict]) -> dict:

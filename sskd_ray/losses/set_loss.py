@@ -26,18 +26,26 @@ def dice_loss(pred_logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 def single_set_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, targets: list[dict],
                     num_masks: float, *, class_weight: float = 2.0, mask_weight: float = 5.0,
                     dice_weight: float = 5.0, no_object_weight: float = 0.1, num_points: int = 12544,
-                    oversample_ratio: float = 3.0, importance_ratio: float = 0.75) -> dict[str, torch.Tensor]:
+                    oversample_ratio: float = 3.0, importance_ratio: float = 0.75,
+                    pad_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One decoder layer's predictions (B, Q, C+1), (B, Q, h, w) against targets
-    [{"labels": (G,), "masks": (G, H, W) bool}]. Returns weighted loss_class, loss_mask, loss_dice."""
+    [{"labels": (G,), "masks": (G, H, W) bool}]. Returns weighted loss_class, loss_mask, loss_dice.
+    `pad_mask` (B, H, W) bool, True on real pixels: the uncertain points are drawn among those."""
     b, q, c1 = class_logits.shape
     target_classes = torch.full((b, q), c1 - 1, dtype=torch.long, device=class_logits.device)
-    pred_masks, gt_masks = [], []
+    pred_masks, gt_masks, valid = [], [], []
+    real = None
+    if pad_mask is not None:  # at the logits' resolution: (B, h, w), 16x fewer pixels than the input
+        real = F.interpolate(pad_mask[:, None].float().to(mask_logits.device), size=mask_logits.shape[-2:],
+                             mode="bilinear", align_corners=False)[:, 0]
     for i, t in enumerate(targets):
         qi, gi = hungarian_match(class_logits[i], mask_logits[i], t["labels"], t["masks"], num_points,
                                  class_weight, mask_weight, dice_weight)
         target_classes[i, qi] = t["labels"][gi].to(class_logits.device)
         pred_masks.append(mask_logits[i, qi])
         gt_masks.append(t["masks"][gi])
+        if real is not None:
+            valid.append(real[i].expand(len(qi), -1, -1))
     weight = torch.ones(c1, device=class_logits.device)
     weight[-1] = no_object_weight
     loss_class = F.cross_entropy(class_logits.transpose(1, 2).float(), target_classes, weight)
@@ -49,7 +57,8 @@ def single_set_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, targe
     with torch.autocast(pred.device.type, enabled=False):  # point losses in fp32, as Mask2Former
         pred = pred.float()
         with torch.no_grad():
-            coords = uncertain_points(pred, num_points, oversample_ratio, importance_ratio)
+            coords = uncertain_points(pred, num_points, oversample_ratio, importance_ratio,
+                                      valid=torch.cat(valid) if real is not None else None)
             gt_points = point_sample(gt, coords)
         pred_points = point_sample(pred, coords)
         loss_mask = F.binary_cross_entropy_with_logits(pred_points, gt_points, reduction="none").mean(1).sum() / num_masks
@@ -58,7 +67,8 @@ def single_set_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, targe
             "loss_dice": dice_weight * loss_dice}
 
 
-def set_loss(out: SegOutput, targets: list[dict], num_masks: float | None = None, **weights) -> dict[str, torch.Tensor]:
+def set_loss(out: SegOutput, targets: list[dict], num_masks: float | None = None, pad_mask: torch.Tensor | None = None,
+             **weights) -> dict[str, torch.Tensor]:
     """Final + auxiliary layers. `num_masks` defaults to this batch's instance count (min 1);
     under DDP pass the all-reduced mean over ranks instead. Returns the terms and their sum `loss`."""
     if num_masks is None:
@@ -66,7 +76,8 @@ def set_loss(out: SegOutput, targets: list[dict], num_masks: float | None = None
     total: dict[str, torch.Tensor] = {}
     layers = [(out.mask_logits, out.class_logits)] + list(out.aux)
     for mask_logits, class_logits in layers:
-        for key, value in single_set_loss(class_logits, mask_logits, targets, num_masks, **weights).items():
+        for key, value in single_set_loss(class_logits, mask_logits, targets, num_masks, pad_mask=pad_mask,
+                                          **weights).items():
             total[key] = total.get(key, 0.0) + value
     total["loss"] = sum(total.values())
     return total

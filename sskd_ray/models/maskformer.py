@@ -116,7 +116,9 @@ class MaskFormerModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> SegOutput:
+    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> SegOutput:
+        """`image_sizes` (content sizes in a padded batch) is accepted for the shared model contract and
+        not used: the student sees the padded frame as is; post-processing crops the content back out."""
         maps = self.neck(self.encoder((images - self.mean) / self.std))  # finest first, all `dim` wide
         pixel = self.pixel_proj(maps[0])  # (B, C, H/4, W/4)
         preds = self.decoder(maps[1:][::-1], pixel)  # coarsest level first, as in Mask2Former

@@ -21,7 +21,7 @@ from PIL import Image
 from sskd_ray import storage
 from sskd_ray.data.coco import load_coco
 from sskd_ray.data.store_reader import ShareSamples, StoreShare
-from sskd_ray.data.views import make_views
+from sskd_ray.data.views import ViewPair, make_views
 
 
 @dataclass
@@ -33,13 +33,29 @@ class Sample:
 
 
 @dataclass
+class ViewSizes:
+    """How training views are sized (DataConfig's train_short_side, scale_jitter, crop_size)."""
+    short_side: int
+    crop_size: tuple[int, int]  # (h, w)
+    scale_jitter: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def from_data(cls, data: dict) -> "ViewSizes":
+        """From a stage's data dict; a dict without the native-aspect keys gives the square recipe."""
+        short = int(data.get("train_short_side") or data["image_size"])
+        crop = data.get("crop_size") or [short, short]
+        return cls(short, (int(crop[0]), int(crop[1])), tuple(float(v) for v in data.get("scale_jitter", (1.0, 1.0))))
+
+
+@dataclass
 class Batch:
-    weak: torch.Tensor  # (B, 3, S, S) in [0, 1]
-    strong: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    weak: torch.Tensor  # (B, 3, h, w) in [0, 1], (h, w) = the crop size
+    strong: torch.Tensor  # (B, 3, h, w) in [0, 1]
     crop_boxes: torch.Tensor  # (B, 4)
     strong_flipped: torch.Tensor  # (B,) bool
-    targets: list[dict]  # per image {"labels": (n,), "masks": (n, S, S) bool}, in the weak view's frame
+    targets: list[dict]  # per image {"labels": (n,), "masks": (n, h, w) bool}, in the weak view's frame
     labeled: torch.Tensor  # (B,) bool
+    pad_mask: torch.Tensor | None = None  # (B, h, w) bool: True on the weak view's real pixels (the strong view has no padding)
 
 
 @dataclass
@@ -81,28 +97,51 @@ def _load_image(path: str) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255  # (3, H, W)
 
 
-def _resize_masks(masks: np.ndarray, size: int, flip: bool) -> torch.Tensor:
-    if masks.shape[0] == 0:
-        return torch.zeros(0, size, size, dtype=torch.bool)
-    m = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=(size, size), mode="bilinear",
-                      align_corners=False)[:, 0] > 0.5  # (n, S, S)
-    return m.flip(-1) if flip else m
+def _resize_masks(masks: np.ndarray, views: ViewPair, chunk: int = 16) -> torch.Tensor:
+    """(n, H, W) masks of the original image -> (n, h, w) bool in the weak view's frame: scaled like the
+    image (bilinear, > 0.5), flipped with it, cropped at its offset and padded (False) to the crop size.
+
+    Only the crop window is resampled (`grid_sample` at its pixels' centres, which is what
+    `F.interpolate(align_corners=False)` computes there), a few masks at a time: a 2x-jittered
+    Cityscapes frame would be 2048 x 4096 floats per instance if scaled whole."""
+    ch, cw = views.weak.shape[-2:]
+    (sh, sw), (top, left) = views.scaled_size, views.offset
+    rh, rw = max(0, min(ch, sh - top)), max(0, min(cw, sw - left))
+    if masks.shape[0] == 0 or rh == 0 or rw == 0:
+        return torch.zeros(masks.shape[0], ch, cw, dtype=torch.bool)
+    x_start = sw - left - rw if views.weak_flipped else left  # the window in the unflipped scaled image
+    ys = (top + torch.arange(rh, dtype=torch.float32) + 0.5) / sh  # fractions of the original's height
+    xs = (x_start + torch.arange(rw, dtype=torch.float32) + 0.5) / sw
+    grid = (torch.stack([xs[None, :].expand(rh, rw), ys[:, None].expand(rh, rw)], dim=-1) * 2 - 1)[None]
+    parts = []
+    for s in range(0, masks.shape[0], chunk):
+        m = torch.from_numpy(masks[s:s + chunk])[:, None].float()  # (k, 1, H, W)
+        parts.append(F.grid_sample(m, grid.expand(m.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
+                                   align_corners=False)[:, 0] > 0.5)  # (k, rh, rw)
+    m = torch.cat(parts)
+    if views.weak_flipped:
+        m = m.flip(-1)
+    return F.pad(m, (0, cw - rw, 0, ch - rh))  # False in the padding
 
 
-def load_example(ts: TrainingSet, sample: Sample, generator: torch.Generator, photometric: bool = True):
-    """-> (ViewPair, {"labels", "masks"} in the weak view's frame); raises on an unreadable image."""
+def load_example(ts: TrainingSet, sample: Sample, generator: torch.Generator, photometric: bool = True,
+                 sizes: ViewSizes | None = None):
+    """-> (ViewPair, {"labels", "masks"} in the weak view's frame); raises on an unreadable image.
+    `sizes` default: square views of side ts.image_size."""
+    sizes = sizes or ViewSizes(ts.image_size, (ts.image_size, ts.image_size))
     image = _load_image(sample.path)
     masks, labels = ts.targets(sample)
     if masks.shape[0] and masks.shape[1:] != image.shape[1:]:
         raise ValueError(f"annotation size {masks.shape[1:]} != image size {tuple(image.shape[1:])}")
-    views = make_views(image, ts.image_size, generator, photometric=photometric)
-    resized = _resize_masks(masks, ts.image_size, views.weak_flipped)
-    keep = resized.flatten(1).any(1)  # instances too small to survive the resize are dropped
+    views = make_views(image, sizes.short_side, generator, photometric=photometric, crop_size=sizes.crop_size,
+                       scale_jitter=sizes.scale_jitter)
+    resized = _resize_masks(masks, views)
+    keep = resized.flatten(1).any(1)  # instances too small to survive the resize, or outside the crop, are dropped
     return views, {"labels": torch.from_numpy(labels)[keep], "masks": resized[keep]}
 
 
 def draw_batch(ts: TrainingSet, iteration: int, seed: int, batch_size: int, rank: int, world_size: int,
-               pseudo_share: float) -> Batch:
+               pseudo_share: float, sizes: ViewSizes | None = None) -> Batch:
     """This rank's part of the global batch for `iteration` (global size = batch_size * world_size).
 
     With a pool, `pseudo_share` of each rank's images come from it (at least one, at most B - 1)."""
@@ -129,7 +168,7 @@ def draw_batch(ts: TrainingSet, iteration: int, seed: int, batch_size: int, rank
             if sample.path in ts.skipped:
                 continue
             try:
-                view, target = load_example(ts, sample, generator)
+                view, target = load_example(ts, sample, generator, sizes=sizes)
             except Exception as err:  # noqa: BLE001 - any unreadable image is skipped and listed, not fatal
                 ts.skipped[sample.path] = f"{type(err).__name__}: {err}"
                 continue
@@ -142,4 +181,4 @@ def draw_batch(ts: TrainingSet, iteration: int, seed: int, batch_size: int, rank
     return Batch(weak=torch.stack([v.weak for v in views]), strong=torch.stack([v.strong for v in views]),
                  crop_boxes=torch.stack([v.crop_box for v in views]),
                  strong_flipped=torch.stack([v.strong_flipped for v in views]), targets=targets,
-                 labeled=torch.tensor(flags))
+                 labeled=torch.tensor(flags), pad_mask=torch.stack([v.pad_mask for v in views]))

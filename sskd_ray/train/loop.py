@@ -24,8 +24,9 @@ from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
-from sskd_ray.train.data import build_training_set, draw_batch
+from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
+from sskd_ray.train.prefetch import BatchPrefetcher
 
 MODEL_FILE, STATE_FILE, METRICS_FILE, HISTORY_FILE = "model.pt", "state.pt", "metrics.json", "history.json"
 FAULT_ENV = "SSKD_FAULT_AT_ITERATION"  # tests: "N:marker-path" makes one worker die once at iteration N
@@ -92,8 +93,10 @@ def _evaluate(model: torch.nn.Module, config: dict, device: torch.device, rank: 
     """Every rank predicts its share of the val split (a collective: all ranks call this together);
     rank 0 gets the mask metrics, the others {}."""
     data = config["data"]
-    metrics, _ = evaluate_distributed(model, data["val_json"], data["val_images"], data["image_size"], rank, world,
-                                      device=device)
+    inference = data.get("inference") or {}
+    metrics, _ = evaluate_distributed(model, data["val_json"], data["val_images"],
+                                      inference.get("short_side", data["image_size"]), rank, world, device=device,
+                                      max_side=inference.get("max_side", 0))
     return {k: v for k, v in (metrics or {}).items() if k.startswith("mask_")}
 
 
@@ -140,20 +143,24 @@ def train_loop_per_worker(config: dict) -> None:
     tracking = config.get("tracking") or {}
     began, began_it = time.perf_counter(), start
     con_timer = (objective.module if hasattr(objective, "module") else objective).contrastive_timer
-    for it in range(start, stage.iterations):
-        step_began = time.perf_counter()
+    # batches are drawn ahead on a thread (decoding off the training thread), still one pure function
+    # of (seed, iteration, rank) each; `data.prefetch` = 0 draws them in the loop
+    sizes = ViewSizes.from_data(data)
+    batches = BatchPrefetcher(lambda i: draw_batch(ts, i, config["seed"], stage.batch_size, rank, world, pseudo_share, sizes),
+                              start, stage.iterations, int(data.get("prefetch", 2)), skipped=lambda: ts.skipped)
+    step_began = time.perf_counter()
+    for it, batch in batches:
         _maybe_fail(it)
         factor = lr_factor(stage.schedule, it, stage.iterations)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        batch = draw_batch(ts, it, config["seed"], stage.batch_size, rank, world, pseudo_share)
         counts = [float(sum(len(t["labels"]) for t, lab in zip(batch.targets, batch.labeled) if lab == flag))
                   for flag in (True, False)]
         num_masks = tuple(max(c, 1.0) for c in _reduce_mean(counts, world, device))
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             terms = objective(batch.weak.to(device), batch.strong.to(device), batch.crop_boxes, batch.strong_flipped,
-                              targets, batch.labeled, num_masks, generator)
+                              targets, batch.labeled, num_masks, generator, batch.pad_mask.to(device))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if stage.grad_clip > 0:
@@ -165,6 +172,8 @@ def train_loop_per_worker(config: dict) -> None:
             window.setdefault("contrastive_share", []).append(con_timer.pop() / (time.perf_counter() - step_began))
         for key, value in terms.items():
             window.setdefault(key, []).append(float(value.detach()))
+        # the share of this step's time spent waiting for its batch (history: data_wait_share)
+        window.setdefault("data_wait_share", []).append(batches.waited / max(time.perf_counter() - step_began, 1e-9))
         done = it + 1
         last = done == stage.iterations
         row = None
@@ -189,15 +198,16 @@ def train_loop_per_worker(config: dict) -> None:
 
                 mlflow_tracking.log_metrics(tracking["uri"], tracking["run_id"], row, step=done)
         if done % stage.checkpoint_every == 0 or last:
-            report = {"iteration": done, "skipped_images": len(ts.skipped)}
+            report = {"iteration": done, "skipped_images": len(batches.skipped)}
             if rank == 0:
                 metrics = None
                 if last:
                     metrics = {**{k: v for k, v in history[-1].items() if k.startswith("mask_")}, "iterations": done,
-                               "skipped": ts.skipped, "world_size": world}
+                               "skipped": batches.skipped, "world_size": world}
                     report.update({k: v for k, v in metrics.items() if k.startswith("mask_")})
-                folder = _save(plain, optimizer, done, history, ts.skipped, metrics)
+                folder = _save(plain, optimizer, done, history, batches.skipped, metrics)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
                 shutil.rmtree(folder, ignore_errors=True)  # report() copied it into the run's storage
             else:
                 ray.train.report(report)
+        step_began = time.perf_counter()

@@ -46,6 +46,13 @@ def instance_ids(targets: list[dict], size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def content_sizes(pad_mask: torch.Tensor) -> list[tuple[int, int]]:
+    """(B, H, W) bool, real pixels at the top-left (views pad at the bottom / right) -> [(h, w)]."""
+    rows = pad_mask.any(2).sum(1).tolist()  # (B,) real rows
+    cols = pad_mask.any(1).sum(1).tolist()
+    return [(int(h), int(w)) for h, w in zip(rows, cols)]
+
+
 class Objective(nn.Module):
     def __init__(self, model: nn.Module, loss: LossConfig, use_pseudo_labels: bool, use_contrastive: bool):
         super().__init__()
@@ -68,7 +75,7 @@ class Objective(nn.Module):
 
     def forward(self, weak: torch.Tensor, strong: torch.Tensor, crop_boxes: torch.Tensor, strong_flipped: torch.Tensor,
                 targets: list[dict], labeled: torch.Tensor, num_masks: tuple[float, float],
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, pad_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         b = weak.shape[0]
         lab = labeled.nonzero(as_tuple=True)[0].to(weak.device)
         pl = (~labeled).nonzero(as_tuple=True)[0].to(weak.device) if self.use_pseudo_labels else lab[:0]
@@ -79,7 +86,9 @@ class Objective(nn.Module):
         if hasattr(self.model, "forward_train"):  # the VFM teacher: its own heads' losses, same forward
             groups = {name: (idx, [targets[i] for i in idx.tolist()]) for name, idx in (("sup", lab), ("pl", pl))
                       if len(idx)}
-            out, losses = self.model.forward_train(images, groups, need_output=self.use_contrastive)
+            sizes = content_sizes(pad_mask) if pad_mask is not None else [tuple(weak.shape[-2:])] * b
+            sizes += [tuple(strong.shape[-2:])] * (images.shape[0] - b)  # the strong crop has no padding
+            out, losses = self.model.forward_train(images, groups, sizes, need_output=self.use_contrastive)
             for name, key in (("sup", "loss_sup"), ("pl", "loss_pl")):
                 if name in losses:
                     terms[key] = sum(losses[name].values())
@@ -89,6 +98,7 @@ class Objective(nn.Module):
             for idx, key, count in ((lab, "loss_sup", num_masks[0]), (pl, "loss_pl", num_masks[1])):
                 if len(idx):
                     terms[key] = set_loss(select(out_w, idx), [targets[i] for i in idx.tolist()], count,
+                                          pad_mask=pad_mask[idx] if pad_mask is not None else None,
                                           **self.weights)["loss"]
         diagnostics = {}
         if self.use_contrastive:
@@ -96,7 +106,7 @@ class Objective(nn.Module):
             out_w = select(out, torch.arange(b, device=weak.device))
             out_con = replace(out_w, embeddings=timer.begin(out_w.embeddings))
             terms["loss_con"], diagnostics = self._contrastive(out_con, timer.begin(out.embeddings[b:]), crop_boxes,
-                                                               strong_flipped, targets, labeled, generator)
+                                                               strong_flipped, targets, labeled, generator, pad_mask)
             terms["loss_con"] = timer.end(terms["loss_con"])
         total = (terms["loss_sup"] + self.cfg.pseudo_label_weight * terms["loss_pl"]
                  + self.cfg.contrastive_weight * terms["loss_con"])
@@ -105,12 +115,16 @@ class Objective(nn.Module):
 
     def _contrastive(self, out_w: SegOutput, strong_emb: torch.Tensor, crop_boxes: torch.Tensor,
                      strong_flipped: torch.Tensor, targets: list[dict], labeled: torch.Tensor,
-                     generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+                     generator: torch.Generator | None, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         weak_emb = out_w.embeddings  # (B, D, h, w)
         b, d, h, w = weak_emb.shape
         aligned, valid = strong_to_weak(strong_emb, crop_boxes.to(weak_emb.device), strong_flipped.to(weak_emb.device),
                                         (h, w))  # (B, D, h, w), (B, h, w)
+        if pad_mask is not None:  # anchors (and so positives and negatives) only on the weak view's real pixels
+            real = F.interpolate(pad_mask[:, None].float().to(valid.device), size=(h, w), mode="bilinear",
+                                 align_corners=False)[:, 0] > 0.5
+            valid = valid & real
         anchors_all = weak_emb.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
         positives_all = aligned.permute(0, 2, 3, 1).reshape(-1, d)
         keep = valid.reshape(-1).nonzero(as_tuple=True)[0]  # pixels seen in both views

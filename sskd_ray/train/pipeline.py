@@ -96,11 +96,17 @@ def _check_same_config(cfg: Config, run_dir: str) -> None:
 
 
 def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: str = "") -> dict:
+    d = cfg.data
+    short = d.train_short_side or image_size
     return {"labeled_json": data.labeled_json, "labeled_images": storage.parent(data.labeled_json),
             "val_json": data.val_json, "val_images": data.val_images, "image_size": image_size,
             "pseudo_dir": pseudo_dir, "pseudo_images": storage.parent(data.unlabeled_json),
             "score_threshold": cfg.label.score_threshold,
-            "image_cache_dir": cfg.data.image_cache_dir, "image_cache_gb": cfg.data.image_cache_gb}
+            "image_cache_dir": cfg.data.image_cache_dir, "image_cache_gb": cfg.data.image_cache_gb,
+            # native aspect ratio (DataConfig): training views, and the sizes eval / labeling / predict use
+            "train_short_side": short, "scale_jitter": list(d.scale_jitter),
+            "crop_size": list(d.crop_size) or [short, short],
+            "inference": {"short_side": d.eval_short_side or image_size, "max_side": d.eval_max_side}}
 
 
 def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, StageSpec]:
@@ -150,7 +156,8 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
         torch.manual_seed(cfg.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = build_model(cfg.teacher, data.class_names).to(device)
-        metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.teacher.image_size, device=device)
+        metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.data.eval_short_side or cfg.teacher.image_size,
+                                    device=device, max_side=cfg.data.eval_max_side)
         return metrics
 
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}

@@ -60,13 +60,17 @@ def read_metrics(folder: str) -> dict:
     return storage.read_json(storage.join(folder, METRICS_FILE))
 
 
-def write_model_spec(folder: str, model: ModelConfig, class_names: list[str], category_ids: list[int]) -> None:
-    """teacher.json: how to rebuild the model from model.pt (read by labeling, export and predict)."""
+def write_model_spec(folder: str, model: ModelConfig, class_names: list[str], category_ids: list[int],
+                     inference: dict | None = None) -> None:
+    """teacher.json: how to rebuild the model from model.pt (read by labeling, export and predict), and
+    `inference` {"short_side", "max_side"}: the native-aspect input sizes it is run at."""
     spec = dataclasses.asdict(model)
     if model.kind == "maskformer":  # the weights come from model.pt: skip loading the pretrained ones first
         spec["pretrained"] = ""
-    storage.write_json(storage.join(folder, "teacher.json"), {"model": spec, "class_names": class_names,
-                                                               "category_ids": category_ids})
+    card = {"model": spec, "class_names": class_names, "category_ids": category_ids}
+    if inference:
+        card["inference"] = dict(inference)
+    storage.write_json(storage.join(folder, "teacher.json"), card)
 
 
 def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
@@ -118,7 +122,7 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
             storage.copy_tree(Path(ckpt) / MODEL_FILE, storage.join(final, MODEL_FILE))
             history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
             metrics = json.loads((Path(ckpt) / METRICS_FILE).read_text())
-        write_model_spec(final, spec.model, spec.class_names, spec.category_ids)
+        write_model_spec(final, spec.model, spec.class_names, spec.category_ids, spec.data.get("inference"))
         metrics.update({"stage": spec.name, "wall_seconds": round(time.perf_counter() - start, 1),
                         "resumes": sum(1 for row in history if row.get("event") == "resumed")})
         storage.write_json(storage.join(folder, METRICS_FILE), metrics)
