@@ -160,8 +160,8 @@ def test_image_cache_reads_through_and_keeps_its_bound(s3_env, tmp_path, monkeyp
     bounded at 2.5 images keeps at most that on disk, evicting the least recently used; local
     paths and JSON files are never cached."""
     blobs = [_png(i) for i in range(4)]
-    uris = [storage.write_bytes(f"s3://sskd/cache/im{i}.png", b) for i, b in enumerate(blobs)]
-    storage.write_text("s3://sskd/cache/meta.json", "{}")
+    uris = [storage.write_bytes(f"s3://sskd/scale-cache/im{i}.png", b) for i, b in enumerate(blobs)]
+    storage.write_text("s3://sskd/scale-cache/meta.json", "{}")
     cache = ImageCache(tmp_path / "cache", int(len(blobs[0]) * 2.5))
     monkeypatch.setattr(storage, "_read_cache", cache)
     assert storage.read_bytes(uris[0]) == blobs[0] and (cache.fetches, cache.hits) == (1, 0)
@@ -176,12 +176,12 @@ def test_image_cache_reads_through_and_keeps_its_bound(s3_env, tmp_path, monkeyp
     for uri, blob in zip(uris, blobs):  # every read still returns the right bytes
         assert storage.read_bytes(uri) == blob
         assert cache.size_bytes() <= cache.max_bytes
-    assert storage.read_text("s3://sskd/cache/meta.json") == "{}"
+    assert storage.read_text("s3://sskd/scale-cache/meta.json") == "{}"
     local = tmp_path / "local.png"
     local.write_bytes(blobs[0])
     before = cache.fetches + cache.hits
     storage.read_bytes(local)
-    assert cache.fetches + cache.hits == before and not cache.accepts("s3://sskd/cache/meta.json")
+    assert cache.fetches + cache.hits == before and not cache.accepts("s3://sskd/scale-cache/meta.json")
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no temporaries left
 
 
@@ -198,7 +198,7 @@ def test_share_of_a_store_on_s3(s3_env, tmp_path):
     """The store in object storage: footers and row groups are read through pyarrow's S3 client."""
     _write_store(tmp_path, [f"im{i}.png" for i in range(6)], per_shard=2)
     for path in sorted(tmp_path.glob("shard-*.parquet")):
-        storage.write_bytes(f"s3://sskd/store/{path.name}", path.read_bytes())
-    share = StoreShare.open("s3://sskd/store", rank=1, world=2)  # shards 1 of 0, 1, 2
+        storage.write_bytes(f"s3://sskd/scale-store/{path.name}", path.read_bytes())
+    share = StoreShare.open("s3://sskd/scale-store", rank=1, world=2)  # shards 1 of 0, 1, 2
     assert len(share) == 2 and share.row(1)["file_name"] == "im3.png" and share.rows_read == 2
-    assert share.row_groups_read == [("s3://sskd/store/shard-00001.parquet", 0)]
+    assert share.row_groups_read == [("s3://sskd/scale-store/shard-00001.parquet", 0)]
