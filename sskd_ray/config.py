@@ -75,6 +75,9 @@ class ModelConfig:
     segmenter: str = "facebook/sam2.1-hiera-large"
     detector_kind: str = ""  # "" = from the checkpoint's config.json | grounding-dino | mm-grounding-dino
     freeze_text_encoder: bool = True  # keep the detector's BERT text encoder (110M) frozen
+    # recompute the detector's encoder / decoder layers in backward (activation memory of the teacher
+    # stages at full size: see docs/benchmarks.md "paper_shape")
+    gradient_checkpointing: bool = False
     detector_short_side: int = 800  # Grounding-DINO's input: short side (native aspect) ...
     detector_max_side: int = 1333  # ... capped so the long side stays within this
     max_text_len: int = 0  # tokens per prompt chunk; 0 = the detector's own (256 released)

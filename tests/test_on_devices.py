@@ -152,3 +152,25 @@ def test_train_stage_on_gpu(builtin_dir, gpu_ray, tmp_path):
     history = json.loads((tmp_path / "stage" / "history.json").read_text())
     losses = [row["loss"] for row in history if "loss" in row]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_category_ids_come_from_the_model_not_the_val_json_order(builtin_dir, tmp_path):
+    """A val json listing its categories in another order scores the same when the model's own ids are
+    passed (the stage passes the ids stored with the model); the json's order would mislabel classes."""
+    import json
+
+    from sskd_ray.eval.model_eval import evaluate_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(ModelConfig()), NAMES)
+    val = json.loads((builtin_dir / "val.json").read_text())
+    model_ids = [c["id"] for c in val["categories"]]
+    val["categories"] = val["categories"][::-1]
+    shuffled = tmp_path / "val.json"
+    shuffled.write_text(json.dumps(val))
+    images = str(builtin_dir / "images")
+    _, reference = evaluate_model(model, str(builtin_dir / "val.json"), images, 64, category_ids=model_ids)
+    _, ours = evaluate_model(model, str(shuffled), images, 64, category_ids=model_ids)
+    _, naive = evaluate_model(model, str(shuffled), images, 64)
+    assert [p["category_id"] for p in ours] == [p["category_id"] for p in reference]
+    assert [p["category_id"] for p in naive] != [p["category_id"] for p in reference]

@@ -244,3 +244,32 @@ def test_meta_sam2_backend_gives_the_same_fused_contract():
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(p.grad is not None for p in teacher.segmenter.sam_mask_decoder.parameters())
     assert all(not p.requires_grad for p in teacher.segmenter.memory_attention.parameters())
+
+
+def test_gradient_checkpointing_keeps_weights_losses_and_gradients():
+    """The paper configs recompute the detector's layers in backward: same state-dict keys (checkpoints
+    load either way), same losses and gradients, fewer activations kept."""
+    from dataclasses import replace
+
+    cfg = ModelConfig(kind="gdino_sam2", preset="tiny", num_queries=5, embed_dim=16)
+    torch.manual_seed(0)
+    plain = build_model(cfg, NAMES).eval()
+    torch.manual_seed(0)
+    ckpt = build_model(replace(cfg, gradient_checkpointing=True), NAMES).eval()
+    assert list(plain.state_dict()) == list(ckpt.state_dict())
+    ckpt.load_state_dict(plain.state_dict())
+    assert any("CheckpointWrapper" in type(m).__name__ for m in ckpt.detector.modules())
+    images = torch.rand(3, 3, 64, 64)
+    targets = _targets("cpu")
+    grads = []
+    for model in (plain, ckpt):
+        loss = sum(model.adaptation_loss(images, targets).values())
+        loss.backward()
+        grads.append((float(loss.detach()), model.detector.model.encoder.layers[0].state_dict()))
+        p = dict(model.named_parameters())
+        grads.append({n.replace("._checkpoint_wrapped_module", ""): q.grad.clone() for n, q in p.items()
+                      if q.grad is not None and "encoder.layers.0" in n})
+    assert grads[0][0] == pytest.approx(grads[2][0], rel=1e-5)
+    assert grads[1].keys() == grads[3].keys() and grads[1]
+    for name in grads[1]:
+        torch.testing.assert_close(grads[1][name], grads[3][name], rtol=1e-4, atol=1e-6)

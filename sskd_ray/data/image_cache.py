@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import uuid
 from pathlib import Path
 
 from sskd_ray import storage
@@ -68,12 +67,7 @@ class ImageCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self._total is None or self._total + len(data) > self.max_bytes:
             self._evict(self.max_bytes - len(data))
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        storage.write_bytes(str(path), data)  # temp name + rename: readers never see half a file
         self._total += len(data)
 
     def _entries(self) -> list[tuple[int, int, Path]]:

@@ -44,12 +44,13 @@ def in_image_order(predictions: list[dict], dataset: CocoDataset) -> list[dict]:
 
 def evaluate_distributed(model: torch.nn.Module, coco_json: str | Path, image_dir: str | Path, short_side: int,
                          rank: int = 0, world: int = 1, batch_size: int = 8,
-                         device: torch.device | str = "cpu", max_side: int = 0) -> tuple[dict | None, list[dict]]:
+                         device: torch.device | str = "cpu", max_side: int = 0,
+                         category_ids: list[int] | None = None) -> tuple[dict | None, list[dict]]:
     """-> (metrics from `evaluate_masks` on rank 0, None elsewhere; this rank's own predictions).
     Images enter the model at their own aspect ratio (short side / long-side cap as predict_coco)."""
     dataset = load_coco(coco_json, image_dir, check_files=False)
     mine = predict_coco(model, shard_dataset(dataset, rank, world), short_side, batch_size, device=device,
-                        max_side=max_side)
+                        max_side=max_side, category_ids=category_ids)
     everything = gather_predictions(mine, world)
     if rank != 0:
         return None, mine

@@ -24,8 +24,12 @@ def _batches(items: list, size: int):
 
 @torch.no_grad()
 def predict_coco(model: torch.nn.Module, dataset: CocoDataset, short_side: int, batch_size: int = 8,
-                 top_k: int = 50, device: torch.device | str = "cpu", max_side: int = 0) -> list[dict]:
-    """COCO result dicts for every image of `dataset` (unreadable images give no predictions)."""
+                 top_k: int = 50, device: torch.device | str = "cpu", max_side: int = 0,
+                 category_ids: list[int] | None = None) -> list[dict]:
+    """COCO result dicts for every image of `dataset` (unreadable images give no predictions).
+    `category_ids`: the ids of the model's classes, in its output order (stored with the model); the
+    dataset's own order is only a fallback, since a val json may list its categories in another one."""
+    category_ids = list(category_ids) if category_ids else dataset.category_ids
     multiple = size_multiple(model)
     was_training = model.training
     model.eval()
@@ -47,15 +51,17 @@ def predict_coco(model: torch.nn.Module, dataset: CocoDataset, short_side: int, 
         sizes = [(im["height"], im["width"]) for im in kept]
         found = instances_from_output(out, sizes, 0.0, top_k, image_sizes=content, input_size=tuple(images.shape[-2:]))
         for im, insts in zip(kept, found):
-            results += instances_to_coco(insts, im["id"], dataset.category_ids)
+            results += instances_to_coco(insts, im["id"], category_ids)
     model.train(was_training)
     return results
 
 
 def evaluate_model(model: torch.nn.Module, coco_json: str | Path, image_dir: str | Path, short_side: int,
-                   batch_size: int = 8, device: torch.device | str = "cpu", max_side: int = 0) -> tuple[dict, list[dict]]:
+                   batch_size: int = 8, device: torch.device | str = "cpu", max_side: int = 0,
+                   category_ids: list[int] | None = None) -> tuple[dict, list[dict]]:
     """-> (metrics from `evaluate_masks`, the predictions). Images enter the model at their own aspect
     ratio: short side `short_side`, long side at most `max_side` (0: no cap)."""
     dataset = load_coco(coco_json, image_dir, check_files=False)
-    predictions = predict_coco(model, dataset, short_side, batch_size, device=device, max_side=max_side)
+    predictions = predict_coco(model, dataset, short_side, batch_size, device=device, max_side=max_side,
+                               category_ids=category_ids)
     return evaluate_masks(coco_json, predictions), predictions

@@ -96,7 +96,7 @@ def _evaluate(model: torch.nn.Module, config: dict, device: torch.device, rank: 
     inference = data.get("inference") or {}
     metrics, _ = evaluate_distributed(model, data["val_json"], data["val_images"],
                                       inference.get("short_side", data["image_size"]), rank, world, device=device,
-                                      max_side=inference.get("max_side", 0))
+                                      max_side=inference.get("max_side", 0), category_ids=config.get("category_ids"))
     return {k: v for k, v in (metrics or {}).items() if k.startswith("mask_")}
 
 

@@ -157,7 +157,7 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = build_model(cfg.teacher, data.class_names).to(device)
         metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.data.eval_short_side or cfg.teacher.image_size,
-                                    device=device, max_side=cfg.data.eval_max_side)
+                                    device=device, max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
         return metrics
 
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}

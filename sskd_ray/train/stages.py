@@ -46,6 +46,7 @@ class StageSpec:
 
     def loop_config(self, uri: str = "", run_id: str = "") -> dict:
         return {"name": self.name, "model": dataclasses.asdict(self.model), "class_names": self.class_names,
+                "category_ids": self.category_ids,
                 "stage": dataclasses.asdict(self.stage), "loss": dataclasses.asdict(self.loss), "data": self.data,
                 "seed": self.seed, "init": self.init, "threads": self.stage.cpus_per_worker,
                 "log_every": max(1, min(10, self.stage.iterations // 20 or 1)),
