@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import chisquare
 
+from conftest import DEVICE_PARAMS
 from sskd_ray.losses.contrastive import (contrastive_loss, info_nce, margin_hinge, sample_negatives,
                                         sample_uniform_negatives, sampling_embedding)
 from sskd_ray.losses.correspondence import strong_to_weak
@@ -16,7 +17,7 @@ from sskd_ray.losses.negative_plan import GatheredSegment, SharedSegment, plan_f
 from sskd_ray.losses.negative_sampling import plan_negatives
 from sskd_ray.losses.timing import SectionTimer
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = DEVICE_PARAMS  # cpu everywhere; cuda marked `gpu`, skipped with "needs CUDA" without one
 
 
 def _toy_logits():
