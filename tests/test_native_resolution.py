@@ -20,7 +20,9 @@ from sskd_ray.deploy.predict import predict_arrays
 from sskd_ray.eval.model_eval import predict_coco
 from sskd_ray.label.predictor import TeacherPredictor
 from sskd_ray.losses.correspondence import strong_to_weak
-from sskd_ray.losses.point_sampling import uncertain_points
+from sskd_ray.losses.matcher import hungarian_match
+from sskd_ray.losses.point_sampling import real_extent, uncertain_points
+from sskd_ray.losses.set_loss import set_loss
 from sskd_ray.models.build import build_model, tiny_model_config
 from sskd_ray.models.outputs import SegOutput
 from sskd_ray.models.postprocess import instances_from_output
@@ -278,6 +280,68 @@ def test_uncertain_points_avoid_padding():
     assert coords[:, :30, 0].lt(0.5).all()  # the 30 importance points all lie on real pixels
     coords = uncertain_points(logits, 40, 3.0, 0.75, torch.Generator().manual_seed(0))
     assert coords[:, :30, 0].ge(0.5).float().mean() > 0.9  # without the mask they would sit in the padding
+
+
+def test_real_extent_and_uniform_points_stay_on_real_pixels():
+    pad = torch.zeros(2, 16, 24, dtype=torch.bool)
+    pad[0, :8, :12] = True  # a quarter of the frame is real
+    pad[1] = True  # the batch's largest image: no padding
+    extent = real_extent(pad)
+    torch.testing.assert_close(extent, torch.tensor([[0.5, 0.5], [1.0, 1.0]]))
+    logits = torch.zeros(2, 16, 24)
+    coords = uncertain_points(logits, 400, 3.0, 0.75, torch.Generator().manual_seed(0), extent=extent)
+    assert coords[0].lt(0.5).all()  # the importance share and the uniform share alike
+    assert coords[1].ge(0.5).any()  # the unpadded image still gets points everywhere
+
+
+def _padded_case(device: torch.device):
+    """One 16 x 24 frame whose left half (12 columns) is real; one instance in columns 0-5."""
+    pad = torch.zeros(1, 16, 24, dtype=torch.bool, device=device)
+    pad[..., :12] = True
+    gt = torch.zeros(1, 16, 24, dtype=torch.bool, device=device)
+    gt[0, :, :6] = True
+    return pad, {"labels": torch.tensor([1], device=device), "masks": gt}
+
+
+def test_matching_is_not_swayed_by_predictions_on_padding(device):
+    """Query 0 is exact on the real pixels but fires on the padding; query 1 misses two columns of
+    the instance. On real pixels query 0 is the match; counting the padding would pick query 1."""
+    pad, target = _padded_case(device)
+    logits = torch.full((2, 16, 24), -10.0, device=device)
+    logits[0, :, :6] = 10.0
+    logits[0, :, 12:] = 10.0
+    logits[1, :, :4] = 10.0
+    classes = torch.zeros(2, 3, device=device)
+    extent = real_extent(pad)[0]
+    on_real = hungarian_match(classes, logits, target["labels"], target["masks"], 2000,
+                              generator=torch.Generator(device).manual_seed(0), extent=extent)
+    whole = hungarian_match(classes, logits, target["labels"], target["masks"], 2000,
+                            generator=torch.Generator(device).manual_seed(0))
+    assert on_real[0].tolist() == [0] and whole[0].tolist() == [1]
+    assert on_real[0].device == device
+
+
+def test_set_loss_is_blind_to_anything_predicted_on_padding(device):
+    """Matching, uncertain and uniform points all lie on real pixels: changing the logits beyond the
+    first padding column (which bilinear sampling at the edge may touch) leaves every term unchanged."""
+    pad, target = _padded_case(device)
+    g = torch.Generator(device).manual_seed(0)
+    logits = torch.randn(1, 3, 16, 24, generator=g, device=device)
+    classes = torch.randn(1, 3, 3, generator=g, device=device)
+    changed = logits.clone()
+    changed[..., 13:] = 50 * torch.randn(1, 3, 16, 11, generator=g, device=device)
+
+    def loss(mask_logits, pad_mask):
+        torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.manual_seed_all(0)
+        out = SegOutput(mask_logits, classes, torch.zeros(1, 4, 4, 6, device=device), [])
+        return set_loss(out, [target], pad_mask=pad_mask, num_points=256)
+
+    same, moved = loss(logits, pad), loss(changed, pad)
+    for key in ("loss_class", "loss_mask", "loss_dice"):
+        assert torch.equal(same[key], moved[key]), key
+    assert not torch.equal(loss(logits, None)["loss_mask"], loss(changed, None)["loss_mask"])
 
 
 def test_paper_configs_state_native_sizes_and_the_demo_stays_square():

@@ -11,14 +11,33 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps[:, None].float(), grid, mode="bilinear", align_corners=False)[:, 0, :, 0]
 
 
+def real_extent(pad_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool, True on real pixels at the top-left (padding at the bottom / right) ->
+    (B, 2) float32: the (x, y) share of the frame they span, i.e. (w_real / W, h_real / H)."""
+    h, w = pad_mask.shape[-2:]
+    cols = pad_mask.any(1).sum(1).float() / w  # (B,)
+    rows = pad_mask.any(2).sum(1).float() / h
+    return torch.stack([cols, rows], dim=1)
+
+
+def random_points(n: int, num_points: int, device: torch.device, generator: torch.Generator | None = None,
+                  extent: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, num_points, 2) uniform (x, y) in [0, 1)^2, or in [0, extent_x) x [0, extent_y) per row
+    when `extent` (n, 2) is given: points on the real pixels of a frame padded at the bottom / right."""
+    coords = torch.rand(n, num_points, 2, device=device, generator=generator)
+    return coords if extent is None else coords * extent.to(device=device, dtype=coords.dtype)[:, None, :]
+
+
 def uncertain_points(logits: torch.Tensor, num_points: int, oversample: float, importance: float,
-                     generator: torch.Generator | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, valid: torch.Tensor | None = None,
+                     extent: torch.Tensor | None = None) -> torch.Tensor:
     """(n, H, W) mask logits -> (n, num_points, 2) coords: the `importance` share are the most
     uncertain (|logit| smallest) of `oversample * num_points` random candidates, the rest uniform.
-    `valid` (n, h, w) bool at any resolution: candidates outside it (batch padding) are never among
-    the uncertain ones while enough real candidates exist."""
+    `extent` (n, 2): every point (candidates and the uniform rest) lies in [0, extent) (`real_extent`
+    of the batch's padding mask). `valid` (n, h, w) bool at any resolution: candidates outside it are
+    never among the uncertain ones while enough real candidates exist."""
     n = logits.shape[0]
-    cand = torch.rand(n, int(num_points * oversample), 2, device=logits.device, generator=generator)
+    cand = random_points(n, int(num_points * oversample), logits.device, generator, extent)
     uncertainty = -point_sample(logits.detach(), cand).abs()  # (n, M)
     if valid is not None:
         real = point_sample(valid.to(logits.device), cand) > 0.5  # (n, M)
@@ -26,5 +45,5 @@ def uncertain_points(logits: torch.Tensor, num_points: int, oversample: float, i
     k = int(importance * num_points)
     top = uncertainty.topk(k, dim=1).indices
     chosen = cand.gather(1, top[..., None].expand(-1, -1, 2))
-    rest = torch.rand(n, num_points - k, 2, device=logits.device, generator=generator)
+    rest = random_points(n, num_points - k, logits.device, generator, extent)
     return torch.cat([chosen, rest], dim=1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sskd_ray.losses.matcher import hungarian_match
-from sskd_ray.losses.point_sampling import point_sample, uncertain_points
+from sskd_ray.losses.point_sampling import point_sample, real_extent, uncertain_points
 from sskd_ray.models.outputs import SegOutput
 
 
@@ -30,22 +30,21 @@ def single_set_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, targe
                     pad_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One decoder layer's predictions (B, Q, C+1), (B, Q, h, w) against targets
     [{"labels": (G,), "masks": (G, H, W) bool}]. Returns weighted loss_class, loss_mask, loss_dice.
-    `pad_mask` (B, H, W) bool, True on real pixels: the uncertain points are drawn among those."""
+    `pad_mask` (B, H, W) bool, True on real pixels (padding at the bottom / right): matching points,
+    uncertain candidates and the uniform share are all drawn on real pixels only."""
     b, q, c1 = class_logits.shape
     target_classes = torch.full((b, q), c1 - 1, dtype=torch.long, device=class_logits.device)
-    pred_masks, gt_masks, valid = [], [], []
-    real = None
-    if pad_mask is not None:  # at the logits' resolution: (B, h, w), 16x fewer pixels than the input
-        real = F.interpolate(pad_mask[:, None].float().to(mask_logits.device), size=mask_logits.shape[-2:],
-                             mode="bilinear", align_corners=False)[:, 0]
+    pred_masks, gt_masks, extents = [], [], []
+    extent = real_extent(pad_mask.to(mask_logits.device)) if pad_mask is not None else None  # (B, 2)
     for i, t in enumerate(targets):
         qi, gi = hungarian_match(class_logits[i], mask_logits[i], t["labels"], t["masks"], num_points,
-                                 class_weight, mask_weight, dice_weight)
+                                 class_weight, mask_weight, dice_weight,
+                                 extent=extent[i] if extent is not None else None)
         target_classes[i, qi] = t["labels"][gi].to(class_logits.device)
         pred_masks.append(mask_logits[i, qi])
         gt_masks.append(t["masks"][gi])
-        if real is not None:
-            valid.append(real[i].expand(len(qi), -1, -1))
+        if extent is not None:
+            extents.append(extent[i].expand(len(qi), -1))
     weight = torch.ones(c1, device=class_logits.device)
     weight[-1] = no_object_weight
     loss_class = F.cross_entropy(class_logits.transpose(1, 2).float(), target_classes, weight)
@@ -58,7 +57,7 @@ def single_set_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, targe
         pred = pred.float()
         with torch.no_grad():
             coords = uncertain_points(pred, num_points, oversample_ratio, importance_ratio,
-                                      valid=torch.cat(valid) if real is not None else None)
+                                      extent=torch.cat(extents) if extent is not None else None)
             gt_points = point_sample(gt, coords)
         pred_points = point_sample(pred, coords)
         loss_mask = F.binary_cross_entropy_with_logits(pred_points, gt_points, reduction="none").mean(1).sum() / num_masks
