@@ -11,13 +11,18 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps[:, None].float(), grid, mode="bilinear", align_corners=False)[:, 0, :, 0]
 
 
-def real_extent(pad_mask: torch.Tensor) -> torch.Tensor:
+def real_sizes(pad_mask: torch.Tensor) -> torch.Tensor:
     """(B, H, W) bool, True on real pixels at the top-left (padding at the bottom / right) ->
-    (B, 2) float32: the (x, y) share of the frame they span, i.e. (w_real / W, h_real / H)."""
+    (B, 2) long: (h_real, w_real) of each image."""
+    return torch.stack([pad_mask.any(2).sum(1), pad_mask.any(1).sum(1)], dim=1)
+
+
+def real_extent(pad_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool as in `real_sizes` -> (B, 2) float32: the (x, y) share of the frame the real
+    pixels span, i.e. (w_real / W, h_real / H)."""
     h, w = pad_mask.shape[-2:]
-    cols = pad_mask.any(1).sum(1).float() / w  # (B,)
-    rows = pad_mask.any(2).sum(1).float() / h
-    return torch.stack([cols, rows], dim=1)
+    rows, cols = real_sizes(pad_mask).float().unbind(1)
+    return torch.stack([cols / w, rows / h], dim=1)
 
 
 def random_points(n: int, num_points: int, device: torch.device, generator: torch.Generator | None = None,

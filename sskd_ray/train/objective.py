@@ -19,6 +19,7 @@ from sskd_ray.losses.contrastive import contrastive_loss, sampling_embedding
 from sskd_ray.losses.correspondence import strong_to_weak
 from sskd_ray.losses.diagnostics import false_negative_rate, instance_margin
 from sskd_ray.losses.memory_bank import MemoryBank
+from sskd_ray.losses.point_sampling import real_sizes
 from sskd_ray.losses.set_loss import set_loss
 from sskd_ray.losses.timing import SectionTimer
 from sskd_ray.models.outputs import SegOutput
@@ -48,9 +49,7 @@ def instance_ids(targets: list[dict], size: tuple[int, int]) -> torch.Tensor:
 
 def content_sizes(pad_mask: torch.Tensor) -> list[tuple[int, int]]:
     """(B, H, W) bool, real pixels at the top-left (views pad at the bottom / right) -> [(h, w)]."""
-    rows = pad_mask.any(2).sum(1).tolist()  # (B,) real rows
-    cols = pad_mask.any(1).sum(1).tolist()
-    return [(int(h), int(w)) for h, w in zip(rows, cols)]
+    return [(int(h), int(w)) for h, w in real_sizes(pad_mask).tolist()]
 
 
 class Objective(nn.Module):
