@@ -5,6 +5,10 @@ the real sizes) and measures wall time and peak memory per stage; it does not me
 
     python bench/paper_shape.py [--images 6] [--iterations 2] [--out runs/paper_shape] [--config configs/cityscapes_10pct.yaml]
 
+Re-running with the same --out resumes the pipeline: steps a previous invocation finished are skipped
+and their rows kept from its result file (marked "earlier run"); the peak and wall of this invocation
+cover the steps it ran.
+
 The images are built-in scenes at Cityscapes' size (two 1024-px scenes side by side: 2048 x 1024,
 exact masks); 1/3 labeled, the rest the pool, one extra image for val. Peak memory is the machine's
 used memory (MemTotal - MemAvailable) above its level before the run, sampled every 0.5 s: run it
@@ -105,17 +109,32 @@ def overrides(data: Path, iterations: int) -> list[str]:
 
 
 def stage_windows(run_dir: Path, began: float) -> dict[str, tuple[float, float]]:
-    """Each step's (start, end) from its folder's DONE file times, in pipeline order."""
+    """Each step's (start, end) from its folder's DONE file times, in pipeline order; steps finished
+    before `began` (a resumed run) are left out."""
     windows, last = {}, began
     for name, folder in STAGE_FOLDERS.items():
         done = run_dir / folder / "DONE"
         if not done.is_file():
             done = run_dir / folder / "summary.json"
-        if done.is_file():
+        if done.is_file() and done.stat().st_mtime > began:
             end = done.stat().st_mtime
             windows[name] = (last, end)
             last = end
     return windows
+
+
+def earlier_rows(result_file: Path, run_dir: Path, began: float) -> list[dict]:
+    """The rows of steps a previous invocation finished (the pipeline resumes and skips them), from
+    that invocation's result file, marked as such."""
+    if not result_file.is_file():
+        return []
+    rows = []
+    for row in json.loads(result_file.read_text()).get("steps", []):
+        folder = run_dir / STAGE_FOLDERS.get(row["step"], "?")
+        done = folder / "DONE" if (folder / "DONE").is_file() else folder / "summary.json"
+        if done.is_file() and done.stat().st_mtime <= began:
+            rows.append({**row, "earlier_run": row.get("earlier_run", True)})
+    return rows
 
 
 def main() -> None:
@@ -143,7 +162,7 @@ def main() -> None:
     wall = time.time() - began
     sampler.stop.set()
     sampler.join()
-    rows = []
+    rows = earlier_rows(out / "paper_shape.json", run_dir, began)
     for name, (start, end) in stage_windows(run_dir, began).items():
         inside = [mb for t, mb in sampler.samples if start <= t <= end] or [baseline]
         rows.append({"step": name, "seconds": round(end - start, 1), "peak_used_gb": round((max(inside) - baseline) / 1024, 2)})
@@ -159,7 +178,8 @@ def main() -> None:
                  f"batch 1, {args.iterations} iterations per stage). Exit code {proc.returncode}, "
                  f"{result['wall_s']:.0f} s in all.", "", "| step | wall s | peak memory above idle (GB) |",
                  "|---|---:|---:|"]
-        lines += [f"| {r['step']} | {r['seconds']:.0f} | {r['peak_used_gb']:.1f} |" for r in rows]
+        lines += [f"| {r['step']}{' (earlier run, resumed past)' if r.get('earlier_run') else ''} | "
+                  f"{r['seconds']:.0f} | {r['peak_used_gb']:.1f} |" for r in rows]
         write_section("paper_shape", "\n".join(lines))
     sys.exit(proc.returncode)
 

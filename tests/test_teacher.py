@@ -168,6 +168,14 @@ def test_forward_train_is_one_forward_and_matches_adaptation_loss(device):
         for key in ("loss_detection", "loss_mask"):
             assert torch.allclose(losses[name][key], alone[key], rtol=1e-4, atol=1e-5), (name, key)
     assert losses["sup"]["loss_mask"] > 0 and losses["pl"]["loss_mask"] > 0
+    # L_con reads masks and scores detached: they hold no graph (SAM2's N-prompt decoding is the step's
+    # largest activation); the embeddings do, and equal the inference forward's
+    assert not out.mask_logits.requires_grad and not out.class_logits.requires_grad
+    assert out.embeddings.requires_grad
+    with torch.no_grad():
+        plain = teacher(images)
+    assert torch.allclose(out.mask_logits, plain.mask_logits, atol=1e-5)
+    assert torch.allclose(out.embeddings.detach(), plain.embeddings, atol=1e-6)
     sum(v for g in losses.values() for v in g.values()).backward()  # the shared graph trains both groups
 
 

@@ -131,7 +131,19 @@ class GroundingSamTeacher(nn.Module):
         return self.backend.decode(self.segmenter, embeddings, boxes_xyxy * scale)
 
     # -- outputs ------------------------------------------------------------------------------------
-    def fuse(self, p: TeacherPass) -> SegOutput:
+    def fuse(self, p: TeacherPass, masks_with_grad: bool = True) -> SegOutput:
+        """The teacher's fused output. `masks_with_grad` False computes the masks and scores without a
+        graph (the embeddings keep theirs): SAM2's decoder over N prompts per image, upsampled to 256 x
+        256, is the largest activation of a training step, and L_con reads masks and scores only
+        detached, to choose negatives."""
+        with torch.set_grad_enabled(masks_with_grad and torch.is_grad_enabled()):
+            mask_logits, class_logits = self._fused_masks(p)
+        feats = self.embed_head(self.backend.embedding_map(p.embeddings))  # (B, D, s/16, s/16)
+        embed = F.normalize(self._to_frame(feats, p, feats.shape[-1], 0.0), dim=1)
+        return SegOutput(mask_logits, class_logits, embed)
+
+    def _fused_masks(self, p: TeacherPass) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM2 masks for the top-N boxes in the input frame, and their class logits (class prob x IoU)."""
         b = len(p.sizes)
         probs = self.class_probs(p.det.logits, b)  # (B, K*Q, C)
         boxes = p.det.pred_boxes.view(-1, b, *p.det.pred_boxes.shape[1:]).transpose(0, 1).flatten(1, 2)  # (B, K*Q, 4)
@@ -142,10 +154,7 @@ class GroundingSamTeacher(nn.Module):
         mask_logits = self._to_frame(masks, p, masks.shape[-1], PAD_LOGIT)
         scored = (probs * iou[..., None]).clamp(1e-6, 1 - 1e-6)
         no_object = (1 - scored.amax(-1, keepdim=True)).clamp_min(1e-6)
-        class_logits = torch.cat([scored.log(), no_object.log()], dim=-1)
-        feats = self.embed_head(self.backend.embedding_map(p.embeddings))  # (B, D, s/16, s/16)
-        embed = F.normalize(self._to_frame(feats, p, feats.shape[-1], 0.0), dim=1)
-        return SegOutput(mask_logits, class_logits, embed)
+        return mask_logits, torch.cat([scored.log(), no_object.log()], dim=-1)
 
     def _to_frame(self, maps: torch.Tensor, p: TeacherPass, side: int, fill: float) -> torch.Tensor:
         scale, out = output_frame(p.frame, side)
@@ -163,10 +172,11 @@ class GroundingSamTeacher(nn.Module):
         """One forward of both models over the batch -> the fused output (for L_con; None when
         `need_output` is False: fine-tuning needs only the losses) and, per group name ("sup", "pl"),
         the adaptation losses of its images: groups[name] = (indices into the batch, targets
-        {"labels" (n,), "masks" (n, H, W) bool in the input frame})."""
+        {"labels" (n,), "masks" (n, H, W) bool in the input frame}). The output's embeddings carry
+        gradients; its masks and class logits do not (L_con uses them detached: `fuse`)."""
         p = self.run(images, image_sizes)
         losses = {name: self.group_losses(p, idx, targets) for name, (idx, targets) in groups.items()}
-        return (self.fuse(p) if need_output else None), losses
+        return (self.fuse(p, masks_with_grad=False) if need_output else None), losses
 
     def adaptation_loss(self, images: torch.Tensor, targets: list[dict],
                         image_sizes: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
