@@ -9,7 +9,8 @@ TERMS = ("loss", "loss_sup", "loss_pl", "loss_con")
 COLOURS = {"loss": "#222222", "loss_sup": "#4c72b0", "loss_pl": "#dd8452", "loss_con": "#55a868"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend (no display on workers or CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +55,7 @@ def save_figure(fig, path: str | Path) -> str:
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> str:
     """Loss terms over iterations (left) and periodic val mask AP (right); resumes as red dashes."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120)
     _draw_losses(left, history, f"{title}: training losses")
     xs, ys = _series(history, "mask_AP")
@@ -78,7 +79,7 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> str:
 
 def plot_stages(histories: dict[str, list[dict]], path: str | Path) -> str:
     """One loss panel per stage, in pipeline order."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n, h in histories.items() if h]
     cols = min(3, max(1, len(names)))
     rows = (len(names) + cols - 1) // cols

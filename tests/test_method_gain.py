@@ -1,0 +1,48 @@
+"""bench/method_gain.py's arithmetic: the issue's goals per seed and the mean +- std table."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("method_gain", Path(__file__).parents[1] / "bench" / "method_gain.py")
+method_gain = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(method_gain)
+
+AP = {"teacher_initial": 2.0, "teacher_finetune": 10.0, "teacher_selftrain": 12.0, "baseline": 8.0, "distill": 9.0,
+      "refine": 11.0}
+
+
+def _stages(ap: dict) -> dict:
+    return {k: {"mask_AP": v, "mask_AP50": 2 * v, "mask_AP_agnostic": v + 1} for k, v in ap.items()}
+
+
+def test_goals_by_hand():
+    slack = dict(method_gain.goals(_stages(AP)))
+    assert slack["teacher zero-shot > 0"] == 2.0
+    assert slack["teacher fine-tuned > zero-shot"] == 8.0
+    assert slack["teacher adapted >= fine-tuned"] == 2.0
+    assert slack["student distilled > supervised-only"] == 1.0
+    assert slack["student refined >= 1.5 x supervised-only"] == pytest.approx(-1.0)  # 11 < 12: missed by 1
+    assert slack["stretch: student refined >= adapted teacher"] == pytest.approx(-1.0)
+    assert method_gain.holds("a >= b", 0.0) and not method_gain.holds("a > b", 0.0)
+
+
+def test_table_mean_std_and_goal_counts(tmp_path):
+    per_seed = {}
+    for seed, shift in ((0, 0.0), (1, 2.0), (2, 4.0)):
+        run = tmp_path / f"seed{seed}"
+        for name, folder, _ in method_gain.STAGES:
+            (run / folder).mkdir(parents=True)
+            ap = AP[name] + (shift if name == "refine" else 0.0)
+            (run / folder / "metrics.json").write_text(json.dumps({**_stages({name: ap})[name], "extra": "x"}))
+        (run / "pseudo" / "adapted").mkdir(parents=True)
+        (run / "pseudo" / "adapted" / "summary.json").write_text(json.dumps(
+            {"images_labeled": 10, "instances": 45, "quality": {"precision": 0.5, "note": "text is left out"}}))
+        per_seed[seed] = method_gain.read_seed(run)
+    assert per_seed[1]["pseudo_labels"]["adapted"] == {"instances_per_image": 4.5, "precision": 0.5}
+    text = method_gain.tables(per_seed)
+    # refine AP 11 / 13 / 15: mean 13, sample std 2
+    assert "| student after refinement | 13.0 ± 2.0 | 26.0 ± 4.0 | 14.0 ± 2.0 | 11.0 / 13.0 / 15.0 |" in text
+    # refined >= 1.5 x 8 = 12 holds for seeds 1 and 2 only
+    assert "| student refined >= 1.5 x supervised-only | 2 / 3 | -1.0 / +1.0 / +3.0 |" in text
