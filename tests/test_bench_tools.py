@@ -1,13 +1,22 @@
-"""bench/method_gain.py's arithmetic: the issue's goals per seed and the mean +- std table."""
+"""The arithmetic of bench/ tools: method_gain's goals and mean +- std table, step_memory's count of
+the bytes autograd saves."""
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
-SPEC = importlib.util.spec_from_file_location("method_gain", Path(__file__).parents[1] / "bench" / "method_gain.py")
-method_gain = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(method_gain)
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+method_gain = _bench("method_gain")
+step_memory = _bench("step_memory")
 
 AP = {"teacher_initial": 2.0, "teacher_finetune": 10.0, "teacher_selftrain": 12.0, "baseline": 8.0, "distill": 9.0,
       "refine": 11.0}
@@ -46,3 +55,14 @@ def test_table_mean_std_and_goal_counts(tmp_path):
     assert "| student after refinement | 13.0 ± 2.0 | 26.0 ± 4.0 | 14.0 ± 2.0 | 11.0 / 13.0 / 15.0 |" in text
     # refined >= 1.5 x 8 = 12 holds for seeds 1 and 2 only
     assert "| student refined >= 1.5 x supervised-only | 2 / 3 | -1.0 / +1.0 / +3.0 |" in text
+
+
+def test_saved_bytes_counts_each_storage_once_and_skips_parameters():
+    w = torch.nn.Parameter(torch.ones(10))
+    x = torch.ones(1000, requires_grad=True)
+    counter = step_memory.SavedBytes([w])
+    with counter.hooks():
+        y = x.exp()  # saves its output y: 4000 bytes
+        z = y.sin()  # saves its input y again: the same storage, not counted twice
+        (z[:10] * w).sum()  # saves w (a parameter: skipped) and a view of z (z's storage: 4000 bytes)
+    assert counter.total == 8000
