@@ -5,7 +5,7 @@ paper's setting fit the 24 GB card it was trained on?
 
 For each stage it builds the stage's model at full size with random weights (the same builders,
 freezing and objective as training), runs ONE forward of the objective on a synthetic batch of the
-paper's crop size (1 image per worker; the `pseudo` half of a mixed batch is pseudo-labeled) under
+paper's crop size (one image: its weak view, and its strong view where the stage has L_con) under
 bf16 autocast, and counts what backward would keep: the bytes of every distinct tensor storage saved
 for backward (torch.autograd.graph.saved_tensors_hooks; parameters excluded, checkpointed layers keep
 only their inputs, as in training). A GPU step then needs about
@@ -21,6 +21,7 @@ docs/benchmarks.md and --json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -40,10 +41,10 @@ from sskd_ray.models.freeze import apply_freeze  # noqa: E402
 from sskd_ray.train.objective import Objective  # noqa: E402
 
 GB = 2 ** 30
-# (stage, model, labeled images, pseudo images, L_con, L_pl) for one image per worker; mixed stages use
-# one labeled + one pseudo image and report per image
-STAGES = (("teacher_finetune", "teacher", 1, 0, False, False), ("teacher_selftrain", "teacher", 1, 1, True, True),
-          ("distill", "student", 1, 1, True, True), ("refine", "student", 1, 0, False, False))
+# (stage, model, labeled images, pseudo images, L_con, L_pl): one image per measurement (its weak and
+# strong view with L_con); labeled and pseudo-labeled images cost the same (the same loss on other targets)
+STAGES = (("teacher_finetune", "teacher", 1, 0, False, False), ("teacher_selftrain", "teacher", 0, 1, True, True),
+          ("distill", "student", 0, 1, True, True), ("refine", "student", 1, 0, False, False))
 
 
 class SavedBytes:
@@ -129,6 +130,7 @@ def main() -> None:
     for stage, which, lab, pseudo, con, pl in STAGES:
         if stage in args.stages:
             rows.append(measure(cfg, stage, which, lab, pseudo, con, pl, args.instances))
+            gc.collect()  # the last stage's model and graph, before the next is built
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
