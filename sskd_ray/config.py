@@ -35,7 +35,7 @@ class DataConfig:
     split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
     seed: int = 0
     builtin_train_images: int = 600
-    builtin_val_images: int = 100
+    builtin_val_images: int = 500
     builtin_image_size: int = 128
     image_size: int = 128  # training resolution (square)
     max_instances: int = 6
