@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     weights = save_fp16(storage.join(spec.folder, "final", "model.pt"), Path(args.out))
     scores = evaluate_shipped(weights, model, spec, work, data)
     provenance = {
-        "command": "python jobs/pretrain_teacher.py " + shlex.join(argv), "seed": args.seed,
+        "command": " ".join(["python jobs/pretrain_teacher.py", shlex.join(argv)]).strip(), "seed": args.seed,
         "commit": git_commit(), "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr,
         "data": {"source_train_scenes": args.source_train, "source_val_scenes": args.source_val,
                  "target_val_scenes": args.target_val, "size": args.size, "max_instances": args.max_instances,
