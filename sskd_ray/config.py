@@ -35,7 +35,7 @@ class DataConfig:
     split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
     seed: int = 0
     builtin_train_images: int = 600
-    builtin_val_images: int = 100
+    builtin_val_images: int = 500
     builtin_image_size: int = 128
     image_size: int = 128  # training resolution (square)
     max_instances: int = 6
@@ -61,7 +61,9 @@ class ModelConfig:
     encoder: str = "efficientnet_lite0"  # dinov2 | resnet50 | sam2_hiera | efficientnet_lite0 | efficientnet_lite2
     neck: str = "fpn"  # fpn | dpt
     preset: str = "builtin"  # full | builtin | tiny
-    pretrained: str = "builtin"  # hub id / local dir; "builtin" = shipped ImageNet weights; "" = random
+    # hub id / local dir; "builtin" = shipped ImageNet weights; "source" = the built-in maskformer teacher
+    # pretrained on the built-in source domain (assets/teacher_source.pt); "" = random
+    pretrained: str = "builtin"
     hidden_dim: int = 96
     num_queries: int = 16
     decoder_layers: int = 3

@@ -1,12 +1,14 @@
-"""The built-in benchmark: "fashion scenes", real Fashion-MNIST garments composited on real textures.
+"""The built-in benchmark: "fashion scenes", real Fashion-MNIST garments composited on backgrounds.
 
-Each scene is a random crop of a real texture, tinted, with 2-6 garments pasted at random scale,
-position and colour. Masks are exact: a garment's mask is its silhouette (pixels above a threshold,
+Two domains (sskd_ray/data/domains.py): the TARGET (the demo's data: the shipped items on random
+crops of the shipped photographs, with clutter and occluder blobs) and the SOURCE the stand-in
+foundation teacher is pretrained on (`jobs/pretrain_teacher.py`: unshipped items on procedural
+backgrounds). A scene has 2-6 garments pasted at random scale, position and colour. Masks are exact: a garment's mask is its silhouette (pixels above a threshold,
 holes filled), and each later garment cuts the masks of those below it; a garment left with too
-little visible area is dropped. Train scenes use objects from Fashion-MNIST's training file, val
+little visible area is dropped (occluder blobs cut masks too). Train scenes use objects from Fashion-MNIST's training file, val
 scenes objects from its test file. Everything is seeded: one seed gives byte-identical output.
 
-    python -m sskd_ray.data.builtin --out DIR [--train 600] [--val 100] [--size 128] [--seed 0]
+    python -m sskd_ray.data.builtin --out DIR [--train 600] [--val 500] [--size 128] [--seed 0] [--domain target]
 
 writes DIR/train.json, DIR/val.json (COCO instances), DIR/images/{train,val}/*.png, and
 DIR/splits/labeled_<pct>.txt (Guided-Distillation-style list of the labeled train images).
@@ -24,6 +26,8 @@ from scipy import ndimage
 
 from sskd_ray import storage
 from sskd_ray.data.coco import encode_rle, mask_to_bbox, write_coco
+from sskd_ray.data.domains import DOMAINS, SOURCE, TARGET, Domain, background, blob, paint_blob
+from sskd_ray.data.fashion_mnist import unshipped_objects
 from sskd_ray.data.splits import split_by_fraction, write_split_file
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -39,7 +43,11 @@ class Assets:
     textures: np.ndarray  # [t, 256, 256, 3]
 
 
-def load_assets() -> Assets:
+def load_assets(domain: str = "target") -> Assets:
+    """The target domain's shipped items and photographs, or the source domain's unshipped items
+    (read from the Fashion-MNIST package; no photographs)."""
+    if domain == "source":
+        return Assets(objects=unshipped_objects(), textures=np.zeros((0, 1, 1, 3), np.uint8))
     objects = np.load(ASSET_DIR / "fashion_objects.npz")
     textures = np.load(ASSET_DIR / "textures.npz")["textures"]
     return Assets(
@@ -57,31 +65,23 @@ def _resize(array: np.ndarray, side: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((side, side), resample))
 
 
-def _background(rng: np.random.Generator, textures: np.ndarray, size: int) -> np.ndarray:
-    texture = textures[rng.integers(len(textures))]
-    crop = int(rng.integers(size // 2, texture.shape[0] + 1))
-    y, x = rng.integers(0, texture.shape[0] - crop + 1, size=2)
-    patch = _resize(texture[y:y + crop, x:x + crop], size, Image.BILINEAR).astype(np.float32)
-    tint = rng.uniform(0.5, 1.0, size=3)
-    return patch * tint * rng.uniform(0.5, 0.9)
-
-
-def render_scene(rng: np.random.Generator, assets: Assets, split: str, size: int,
-                 max_instances: int = 6) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
-    """One scene: (uint8 image [size, size, 3], visible masks, class indices), bottom to top."""
-    glyphs, labels = assets.objects[split]
-    canvas = _background(rng, assets.textures, size)
+def render_scene(rng: np.random.Generator, assets: Assets, split: str, size: int, max_instances: int = 6,
+                 domain: Domain = TARGET) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """One scene of `domain`: (uint8 image [size, size, 3], visible masks, class indices), bottom to top."""
+    glyphs, labels = assets.objects[split][:2]
+    canvas = background(rng, domain, assets.textures, size)
     masks: list[np.ndarray] = []
     classes: list[int] = []
+    lo, hi = (max(4, int(round(f * size))) for f in domain.scale)
     for _ in range(int(rng.integers(2, max_instances + 1))):
         k = int(rng.integers(len(glyphs)))
-        side = int(rng.integers(size // 4, size // 2 + 1))
+        side = int(rng.integers(lo, hi + 1))
         glyph = _resize(glyphs[k], side, Image.BILINEAR).astype(np.float32) / 255.0
         shape = _resize(_silhouette(glyphs[k]).astype(np.uint8) * 255, side, Image.NEAREST) > 127
         y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
         full = np.zeros((size, size), dtype=bool)
         full[y:y + side, x:x + side] = shape
-        colour = rng.uniform(60, 255, size=3)
+        colour = rng.uniform(*domain.colour, size=3)
         region = canvas[y:y + side, x:x + side]
         shading = (0.35 + 0.65 * glyph)[..., None] * colour
         region[shape] = shading[shape]
@@ -89,6 +89,11 @@ def render_scene(rng: np.random.Generator, assets: Assets, split: str, size: int
             m &= ~full
         masks.append(full)
         classes.append(int(labels[k]))
+    for _ in range(int(rng.integers(domain.occluders[0], domain.occluders[1] + 1))):
+        cover = blob(rng, size, domain.blob_scale)  # not an object: it only hides what is below
+        paint_blob(rng, canvas, cover)
+        for m in masks:
+            m &= ~cover
     keep = [i for i, m in enumerate(masks) if m.sum() >= MIN_VISIBLE_PIXELS]
     image = np.clip(canvas, 0, 255).round().astype(np.uint8)
     return image, [masks[i] for i in keep], [classes[i] for i in keep]
@@ -105,11 +110,11 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_split(out: str, split: str, count: int, size: int, seed: int, assets: Assets,
-                max_instances: int = 6) -> str:
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+                max_instances: int = 6, domain: Domain = TARGET) -> str:
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0 if domain.name == "target" else 1])
     images, annotations = [], []
     for i in range(count):
-        image, masks, classes = render_scene(rng, assets, split, size, max_instances)
+        image, masks, classes = render_scene(rng, assets, split, size, max_instances, domain)
         file_name = f"{split}/{i:06d}.png"
         storage.write_bytes(storage.join(out, "images", file_name), _png_bytes(image))
         image_id = i + 1 if split == "train" else 1_000_000 + i + 1
@@ -123,18 +128,24 @@ def write_split(out: str, split: str, count: int, size: int, seed: int, assets: 
     return write_coco(storage.join(out, f"{split}.json"), images, annotations, categories())
 
 
-def build_builtin_dataset(out: str | Path, num_train: int = 600, num_val: int = 100, size: int = 128,
-                          seed: int = 0, labeled_fraction: float = 0.1, max_instances: int = 6) -> str:
-    """Write the dataset under `out`, a folder or URI (skipped when a finished copy with the same
-    settings is there); returns `out` as a normalized location."""
+def build_builtin_dataset(out: str | Path, num_train: int = 600, num_val: int = 500, size: int = 128,
+                          seed: int = 0, labeled_fraction: float = 0.1, max_instances: int = 6,
+                          domain: str = "target") -> str:
+    """Write the `domain` ("target": the demo's; "source": the teacher's pretraining world) dataset under
+    `out`, a folder or URI (skipped when a finished copy with the same settings is there); returns
+    `out` as a normalized location."""
+    if domain not in DOMAINS:
+        raise ValueError(f"builtin domain '{domain}' is not one of {sorted(DOMAINS)}")
+    recipe = DOMAINS[domain]
     out = storage.normalize(out)
-    stamp = f"train={num_train} val={num_val} size={size} seed={seed} frac={labeled_fraction} max={max_instances}\n"
+    stamp = (f"train={num_train} val={num_val} size={size} seed={seed} frac={labeled_fraction} max={max_instances} "
+             f"domain={recipe.as_dict()}\n")
     done = storage.join(out, "DONE")
     if storage.is_file(done) and storage.read_text(done) == stamp:
         return out
-    assets = load_assets()
-    train_json = write_split(out, "train", num_train, size, seed, assets, max_instances)
-    write_split(out, "val", num_val, size, seed, assets, max_instances)
+    assets = load_assets(domain)
+    train_json = write_split(out, "train", num_train, size, seed, assets, max_instances, recipe)
+    write_split(out, "val", num_val, size, seed, assets, max_instances, recipe)
     images = storage.read_json(train_json)["images"]
     labeled, _ = split_by_fraction([im["id"] for im in images], labeled_fraction, seed)
     write_split_file(storage.join(out, "splits", f"labeled_{round(labeled_fraction * 100)}.txt"), images, labeled)
@@ -146,12 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--train", type=int, default=600, help="number of train scenes")
-    parser.add_argument("--val", type=int, default=100, help="number of val scenes")
+    parser.add_argument("--val", type=int, default=500, help="number of val scenes")
     parser.add_argument("--size", type=int, default=128, help="scene side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labeled-fraction", type=float, default=0.1)
+    parser.add_argument("--domain", choices=sorted(DOMAINS), default="target")
     args = parser.parse_args(argv)
-    out = build_builtin_dataset(args.out, args.train, args.val, args.size, args.seed, args.labeled_fraction)
+    out = build_builtin_dataset(args.out, args.train, args.val, args.size, args.seed, args.labeled_fraction,
+                                domain=args.domain)
     print(f"wrote the built-in dataset to {out} (train.json, val.json, images/, splits/)")
 
 

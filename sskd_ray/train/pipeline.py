@@ -140,8 +140,8 @@ def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, Stag
 
 
 def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_gpu: bool) -> dict:
-    """The teacher before adaptation (zero-shot for a VFM; ImageNet encoder + untrained head for the
-    built-in one), evaluated once in a Ray task; cached in folder/metrics.json."""
+    """The teacher before adaptation (zero-shot for a VFM or for the built-in teacher pretrained on the
+    source domain, `pretrained: source`), evaluated once in a Ray task; cached in folder/metrics.json."""
     if is_done(folder):
         return read_metrics(folder)
     import ray

@@ -6,31 +6,14 @@ Sources and licences are in README.md beside this file. Seeded: re-running gives
 """
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-PER_CLASS = {"train": 300, "test": 100}
+from sskd_ray.data.fashion_mnist import read_split, shipped_indices
+
 TEXTURES = ("grass", "gravel", "brick", "moon", "coffee", "rocket")
 TEXTURE_SIZE = 256
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def pick_objects(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
-    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: PER_CLASS[split]] for c in range(10)])
-    return images[keep], labels[keep].astype(np.uint8)
 
 
 def make_textures() -> np.ndarray:
@@ -51,11 +34,12 @@ def make_textures() -> np.ndarray:
 
 def main() -> None:
     here = Path(__file__).parent
-    rng = np.random.default_rng(0)
-    train_x, train_y = pick_objects("train", rng)
-    test_x, test_y = pick_objects("test", rng)
-    np.savez_compressed(here / "fashion_objects.npz", train_images=train_x, train_labels=train_y,
-                        test_images=test_x, test_labels=test_y)
+    picked = {}
+    for split, keep in shipped_indices().items():  # the same draws as before the split into fashion_mnist.py
+        images, labels = read_split(split)
+        picked[split] = images[keep], labels[keep].astype(np.uint8)
+    np.savez_compressed(here / "fashion_objects.npz", train_images=picked["train"][0], train_labels=picked["train"][1],
+                        test_images=picked["test"][0], test_labels=picked["test"][1])
     np.savez_compressed(here / "textures.npz", textures=make_textures(), names=np.array(TEXTURES))
     print("wrote", here / "fashion_objects.npz", here / "textures.npz")
 
