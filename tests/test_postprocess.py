@@ -100,3 +100,26 @@ def test_no_candidates_and_batch_geometry(device):
     first, second = select_instances(both, [(16, 16), (2, 2)], image_sizes=[(8, 8), (4, 4)], input_size=(8, 8))
     assert first[0].mask.shape == (16, 16) and first[0].mask.sum() == 64
     assert second[0].mask.shape == (2, 2) and second[0].mask.all()
+
+
+def test_grounding_dino_sam2_teacher_output_gives_one_instance_per_query_and_no_duplicate(device):
+    """The other teacher kind (fused Grounding-DINO class scores x SAM2 IoU, models/teacher.py) through
+    the same selection, on its device: at most one instance per query, each under its query's best
+    class, no two kept masks at IoU >= nms_iou."""
+    from sskd_ray.config import ModelConfig
+    from sskd_ray.models.build import build_model
+
+    torch.manual_seed(0)
+    names = ["cat", "dog", "traffic light"]
+    teacher = build_model(ModelConfig(kind="gdino_sam2", preset="tiny", num_queries=5, embed_dim=16), names)
+    teacher = teacher.to(device).eval()
+    with torch.no_grad():
+        out = teacher(torch.rand(1, 3, 64, 64, device=device))
+    (kept,) = select_instances(out, [(48, 64)], score_threshold=0.0, nms_iou=0.5)
+    best = set(out.class_logits[0].softmax(-1)[:, :-1].argmax(-1).tolist())
+    assert 0 < len(kept) <= out.class_logits.shape[1] and {i.label for i in kept} <= best
+    assert [i.score for i in kept] == sorted((i.score for i in kept), reverse=True)
+    masks = torch.stack([torch.from_numpy(i.mask) for i in kept])
+    assert masks.shape[1:] == (48, 64)
+    iou = mask_iou(masks)
+    assert (iou[~torch.eye(len(kept), dtype=torch.bool)] < 0.5).all()
