@@ -149,7 +149,11 @@ class StagesConfig:
 
 @dataclass
 class LabelConfig:
-    score_threshold: float = 0.3
+    score_threshold: float = 0.3  # on the fused score, class probability x mask quality (the paper's)
+    # class-agnostic mask NMS among kept pseudo-labels (models/postprocess.select_instances): a mask
+    # overlapping a higher-scoring kept one at IoU >= 0.5 would match the same object at the IoU-0.5
+    # criterion the pseudo-label precision and AP50 use, so it can only be a duplicate
+    nms_iou: float = 0.5
     batch_size: int = 8
     num_actors: int = 1
     max_actors: int = 0  # > num_actors: autoscaling actor pool
@@ -158,7 +162,7 @@ class LabelConfig:
     torch_threads: int = 1
     images_per_shard: int = 64
     max_image_pixels: int = 40_000_000
-    top_k: int = 20
+    top_k: int = 20  # at most this many pseudo-labels (predictions) per image, highest score first
 
 
 @dataclass

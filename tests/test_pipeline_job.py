@@ -119,6 +119,9 @@ def test_job_submit_runs_the_smoke_pipeline(submitted_run):
     assert "class-agnostic AP" in report
     summary = json.loads((run_dir / "pseudo" / "adapted" / "summary.json").read_text())
     assert summary["images_labeled"] == 18  # the 75 % unlabeled part of the 24 smoke images
+    # the pool's held-back ground truth measures each pass's labels: summary and a report row per pass
+    assert summary["quality"]["ground_truth"] > 0 and "recall" in summary["quality"]
+    assert "| finetune teacher |" in report and "| adapted teacher |" in report
 
 
 def _runs(db: Path):

@@ -1,4 +1,5 @@
 """jobs/pseudo_label.py as users run it: killed part-way, re-run, same store as an uninterrupted run."""
+import json
 import os
 import signal
 import subprocess
@@ -6,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
+from pycocotools import mask as mask_utils
 
 from sskd_ray.data.pseudo_labels import read_store, shard_paths
 
@@ -50,6 +54,30 @@ def test_killed_run_resumes_to_the_same_store(builtin_dir, tmp_path):
         [MlflowClient(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}").get_experiment_by_name("sskd-ray").experiment_id])
     assert any("quality_mask_AP" in r.data.metrics for r in runs)
     assert (tmp_path / "killed" / "scores.png").stat().st_size > 1000
+    _check_quality_and_no_duplicates(images, tmp_path / "killed", runs)
+
+
+def _check_quality_and_no_duplicates(images, out, runs):
+    """The pass measures its labels against train.json's ground truth (summary and MLflow), and the
+    store holds no mask twice: no two instances of an image overlap at IoU >= label.nms_iou (0.5)."""
+    gt = json.loads(Path(images).read_text())
+    quality = json.loads((out / "summary.json").read_text())["quality"]
+    rows = read_store(out).to_pylist()
+    kept = sum(len(r["instances"]) for r in rows)
+    assert quality["predictions"] == kept and quality["images"] == 24
+    assert quality["ground_truth"] == len(gt["annotations"]) and quality["gt_per_image"] == pytest.approx(
+        len(gt["annotations"]) / 24)
+    assert quality["instances_per_image"] == pytest.approx(kept / 24)
+    assert quality["precision"] == pytest.approx(quality["matched"] / kept)
+    assert quality["recall"] == pytest.approx(quality["matched"] / len(gt["annotations"]))
+    logged = [r.data.metrics for r in runs if "quality_precision" in r.data.metrics]
+    assert logged and {"quality_recall", "quality_instances_per_image", "quality_gt_per_image",
+                       "quality_mask_AP50", "quality_matched"} <= set(logged[0])
+    for row in rows:
+        rles = [{"size": [row["height"], row["width"]], "counts": i["segmentation"].encode()} for i in row["instances"]]
+        if len(rles) > 1:
+            iou = np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)))
+            assert (iou[~np.eye(len(rles), dtype=bool)] < 0.5).all(), f"image {row['image_id']}: a mask kept twice"
 
 
 def test_empty_pool_fails_naming_the_path(tmp_path):

@@ -140,8 +140,9 @@ def write_model_card(out: Path, card: dict) -> Path:
              f"| FLOPs (one image) | {eff['flops'] / 1e9:.2f} G |",
              *[f"| latency, {k.replace('_ms', '')} (batch 1, CPU) | {v:.1f} ms |" for k, v in eff["latency"].items()],
              f"| files | student.pt (TorchScript), student.onnx (opset {OPSET}) |", "",
-             "Post-processing: `sskd_ray.models.postprocess.instances_from_output` (Mask2Former-style: top-k "
-             "(query, class) pairs, masks at logit 0, score = class prob x mask quality).", ""]
+             "Post-processing (`sskd_ray.models.postprocess`): predictions and pseudo-labels use `select_instances` "
+             "(one class per query, score = class prob x mask quality >= threshold, masks at logit 0, mask NMS); "
+             "the val AP above uses `instances_from_output` (Mask2Former's top-k (query, class) pairs).", ""]
     path = out / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     (out / "model_card.json").write_text(json.dumps(card, indent=2))

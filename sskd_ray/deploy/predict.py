@@ -18,7 +18,7 @@ from sskd_ray.data.decode import decode_image
 from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple
 from sskd_ray.deploy.export import load_trained
 from sskd_ray.label.sources import list_images
-from sskd_ray.models.postprocess import Instance, instances_from_output, instances_to_coco
+from sskd_ray.models.postprocess import Instance, instances_to_coco, select_instances
 
 PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)])
@@ -74,8 +74,8 @@ def predict_arrays(model, card: dict, images: list[dict], batch_size: int, thres
     for s in range(0, len(decoded), batch_size):
         chunk = decoded[s:s + batch_size]
         batch, sizes = prepare_arrays([a for _, a in chunk], short_side, max_side, multiple, device)
-        found = instances_from_output(model(batch, image_sizes=sizes), [a.shape[:2] for _, a in chunk], threshold,
-                                      top_k, image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
+        found = select_instances(model(batch, image_sizes=sizes), [a.shape[:2] for _, a in chunk], threshold,
+                                 max_instances=top_k, image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
         done += [(im, array, insts) for (im, array), insts in zip(chunk, found)]
     return done, errors
 

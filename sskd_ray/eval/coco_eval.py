@@ -14,7 +14,8 @@ from pycocotools.cocoeval import COCOeval
 from sskd_ray import storage
 
 
-def _as_coco(coco_gt: str | Path | dict | COCO) -> COCO:
+def as_coco_api(coco_gt: str | Path | dict | COCO) -> COCO:
+    """Ground truth (a COCO json location, its dict or a COCO object) -> an indexed pycocotools COCO."""
     if isinstance(coco_gt, COCO):
         return coco_gt
     data = storage.read_json(coco_gt) if isinstance(coco_gt, (str, Path)) else copy.deepcopy(coco_gt)
@@ -41,7 +42,7 @@ def evaluate_masks(coco_gt: str | Path | dict | COCO, predictions: list[dict[str
     has no ground truth), `per_class_AP` ({category name: AP}) and the class-agnostic
     `mask_AP_agnostic` / `mask_AP50_agnostic`. Predictions for images not in `coco_gt` are ignored; no predictions give 0.
     """
-    gt = _as_coco(coco_gt)
+    gt = as_coco_api(coco_gt)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     keep_ids = set(gt.getImgIds())
     preds = []

@@ -13,6 +13,10 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _fmt2(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) -> str:
     """Markdown table: one row per model, mask AP and AP50 on the val split, per class and class-agnostic."""
     lines = ["| model | mask AP | mask AP50 | class-agnostic AP | class-agnostic AP50 | iterations | wall (s) |",
@@ -93,6 +97,32 @@ def prediction_grid(val_json: str, models: dict[str, str], path: str, count: int
     return save_figure(fig, path)
 
 
+def pseudo_label_section(run_dir: str) -> list[str]:
+    """Report lines: one table row per labeling pass (pseudo/<pass>/summary.json): counts, instances per
+    image against ground truth per image, precision / recall and mask AP of the pseudo-labels (quality
+    numbers only where the pool has ground truth); [] before any pass."""
+    rows, plots = [], []
+    for name in ("finetune", "adapted"):
+        summary = storage.join(run_dir, "pseudo", name, "summary.json")
+        if storage.is_file(summary):
+            s = storage.read_json(summary)
+            q = s.get("quality", {})
+            rows.append(f"| {name} teacher | {s['images_labeled']} | {s['images_skipped']} | {s['instances']} | "
+                        f"{_fmt2(q.get('instances_per_image'))} | {_fmt2(q.get('gt_per_image'))} | "
+                        f"{_fmt2(q.get('precision'))} | {_fmt2(q.get('recall'))} | "
+                        f"{_fmt(q.get('mask_AP'))} | {_fmt(q.get('mask_AP50'))} |")
+        if storage.is_file(storage.join(run_dir, "pseudo", name, "scores.png")):
+            plots.append(f"![{name}](pseudo/{name}/scores.png)")
+    if not rows:
+        return []
+    return ["## Pseudo-labels (quality measured against the pool's held-back ground truth, when it has any)", "",
+            "| labeled by | images | skipped | instances | per image | ground truth per image | precision | recall | "
+            "mask AP | mask AP50 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+            "Precision and recall: kept pseudo-labels matched one-to-one to ground truth of their class at mask "
+            "IoU >= 0.5, greedily by score (`sskd_ray/eval/pseudo_quality.py`).", "",
+            *(["Score histograms: " + ", ".join(plots), ""] if plots else [])]
+
+
 def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, str], ...], specs: dict) -> str:
     run_dir = storage.normalize(run_dir)
 
@@ -106,22 +136,8 @@ def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, 
             histories[name] = storage.read_json(path)
     plot_stages(histories, at("losses.png"))
     table = format_table(results, rows)
-    pseudo = []
-    for name in ("finetune", "adapted"):
-        summary = at("pseudo", name, "summary.json")
-        if storage.is_file(summary):
-            s = storage.read_json(summary)
-            q = s.get("quality", {})
-            pseudo.append(f"| {name} teacher | {s['images_labeled']} | {s['images_skipped']} | {s['instances']} | "
-                          f"{_fmt(q.get('mask_AP'))} | {_fmt(q.get('mask_AP50'))} |")
     text = [f"# sskd-ray run `{storage.name(run_dir)}`", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}; config in `config.yaml`.",
-            "", "## Mask AP on the val split", "", table, ""]
-    if pseudo:
-        text += ["## Pseudo-labels (quality measured against the pool's held-back ground truth, when it has any)", "",
-                 "| labeled by | images | skipped | instances | mask AP | mask AP50 |", "|---|---:|---:|---:|---:|---:|",
-                 *pseudo, ""]
-        text += ["Score histograms: " + ", ".join(f"![{n}](pseudo/{n}/scores.png)" for n in ("finetune", "adapted")
-                                                 if storage.is_file(at("pseudo", n, "scores.png"))), ""]
+            "", "## Mask AP on the val split", "", table, "", *pseudo_label_section(run_dir)]
     models = {"teacher (adapted)": at("teacher", "selftrain", "final"), "student (final)": at("student", "final"),
               "student (supervised only)": at("student", "baseline", "final")}
     table_eff, _ = efficiency_table({k: v for k, v in models.items() if "supervised" not in k})

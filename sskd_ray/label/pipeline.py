@@ -88,7 +88,7 @@ def _label_window(shards: list[dict], out: str, teacher_spec: dict, teacher_id: 
         fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=out, teacher_id=teacher_id,
                                    image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
                                    batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
-                                   torch_threads=cfg.torch_threads),
+                                   torch_threads=cfg.torch_threads, nms_iou=cfg.nms_iou),
         num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
     ds.take_all()  # results are on disk; the returned rows are only per-shard counts
 

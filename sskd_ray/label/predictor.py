@@ -20,7 +20,7 @@ from sskd_ray.data.decode import decode_image
 from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple
 from sskd_ray.data.pseudo_labels import write_shard
 from sskd_ray.models.build import build_model
-from sskd_ray.models.postprocess import instances_from_output, instances_to_coco
+from sskd_ray.models.postprocess import instances_to_coco, select_instances
 
 
 def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
@@ -36,7 +36,7 @@ def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
 
 class TeacherPredictor:
     def __init__(self, spec: dict, out_dir: str, teacher_id: str, image_size: int, score_threshold: float,
-                 top_k: int, batch_size: int, max_pixels: int, torch_threads: int = 1):
+                 top_k: int, batch_size: int, max_pixels: int, torch_threads: int = 1, nms_iou: float = 0.5):
         torch.set_num_threads(max(1, torch_threads))  # several actors share the cores: no oversubscription
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_teacher_from_spec(spec).to(self.device)
@@ -46,7 +46,7 @@ class TeacherPredictor:
         # native aspect: short side from the card's "inference" sizes, else `image_size`; long side capped there
         self.short_side, self.max_side = inference_sizes(spec, image_size)
         self.multiple = size_multiple(self.model)
-        self.score_threshold, self.top_k = score_threshold, top_k
+        self.score_threshold, self.top_k, self.nms_iou = score_threshold, top_k, nms_iou
         self.batch_size, self.max_pixels = batch_size, max_pixels
 
     def _predict(self, arrays: list[np.ndarray]) -> list[list]:
@@ -56,8 +56,8 @@ class TeacherPredictor:
             with torch.inference_mode():
                 batch, sizes = prepare_arrays(chunk, self.short_side, self.max_side, self.multiple, self.device)
                 result = self.model(batch, image_sizes=sizes)
-                out += instances_from_output(result, [a.shape[:2] for a in chunk], self.score_threshold, self.top_k,
-                                             image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
+                out += select_instances(result, [a.shape[:2] for a in chunk], self.score_threshold, self.nms_iou,
+                                        self.top_k, image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
         return out
 
     def label_shard(self, shard: str, images: list[dict]) -> dict:

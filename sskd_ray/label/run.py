@@ -1,5 +1,8 @@
 """One pseudo-labeling pass as users run it: resolve the teacher, label, measure quality, log.
 
+Quality (`summary.json` "quality", MLflow `quality_*`) is measured when the listing is a COCO json
+with annotations: precision / recall / mask AP against them (sskd_ray.eval.pseudo_quality).
+
 A teacher is `builtin` (the configured built-in teacher with its shipped ImageNet weights, no
 adaptation) or a checkpoint directory holding `model.pt` (a state dict) and `teacher.json`
 ({"model": ModelConfig fields, "class_names": [...], "category_ids": [...]}).
@@ -12,6 +15,7 @@ import hashlib
 from sskd_ray import storage, tracking
 from sskd_ray.config import Config, config_digest, flatten_config
 from sskd_ray.data.builtin import CLASS_NAMES
+from sskd_ray.eval.pseudo_quality import pseudo_label_quality
 from sskd_ray.label.pipeline import run_labeling
 from sskd_ray.label.manifest import manifest_location, write_manifest
 from sskd_ray.models.build import tiny_model_config
@@ -64,8 +68,6 @@ def label_pool(cfg: Config, images: str, teacher: str, out: str, smoke: bool = F
     into the store `out` with `teacher` ('builtin' or a stage's final/ folder); logs one MLflow run.
     The listing is streamed into out/manifest.parquet; `reuse_manifest` plans from the one an earlier
     run wrote instead of listing again (a huge bucket that did not change)."""
-    from sskd_ray.eval import evaluate_masks
-
     from sskd_ray.ray_setup import check_shared_storage
 
     out = storage.normalize(out)
@@ -79,15 +81,14 @@ def label_pool(cfg: Config, images: str, teacher: str, out: str, smoke: bool = F
     summary["teacher"] = teacher_id
     if images.endswith(".json") and storage.read_json(images).get("annotations"):
         results = storage.read_json(storage.join(out, "coco_results.json"))
-        quality = evaluate_masks(images, results)
-        summary["quality"] = {k: quality[k] for k in ("mask_AP", "mask_AP50")}
+        summary["quality"] = pseudo_label_quality(images, results)  # the pool's ground truth, never trained on
     storage.write_json(storage.join(out, "summary.json"), redact(summary))
     plot = plot_scores(summary, storage.join(out, "scores.png"))
     with tracking.start_run(uri, cfg.tracking.experiment, "pseudo_label", parent_id=parent_run_id,
                             tags={"sskd.stage": "pseudo_label"}, run_dir=out) as run_id:
         tracking.log_params(uri, run_id, {**flatten_config(cfg), "teacher_id": teacher_id, "images": images})
         metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-        metrics.update({f"quality_{k}": v for k, v in summary.get("quality", {}).items()})
+        metrics.update({f"quality_{k}": v for k, v in summary.get("quality", {}).items() if v is not None})
         tracking.log_metrics(uri, run_id, metrics)
         tracking.log_artifacts(uri, run_id, [storage.join(out, "summary.json"), storage.join(out, "errors.jsonl"), plot])
     return summary

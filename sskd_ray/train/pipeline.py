@@ -178,8 +178,14 @@ def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, pa
     storage.write_text(storage.join(out, "DONE"), "done\n")
     quality = summary.get("quality", {})
     print(f"[pseudo-label] {summary['images_labeled']} images, {summary['instances']} instances"
-          + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}" if quality else "") + f" -> {redact(out)}")
+          + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}, precision {_share(quality.get('precision'))}, "
+             f"recall {_share(quality.get('recall'))}, {_share(quality.get('instances_per_image'))} per image "
+             f"(ground truth {_share(quality.get('gt_per_image'))})" if quality else "") + f" -> {redact(out)}")
     return summary
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 ROWS = (("teacher_initial", "Teacher, before adaptation"), ("teacher_finetune", "Teacher, fine-tuned on labeled"),
