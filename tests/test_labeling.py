@@ -52,6 +52,8 @@ def test_labels_every_valid_image_once_and_lists_the_corrupt_one(local_ray, mixe
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [e["path"].rsplit("/", 1)[-1] for e in errors] == ["corrupt.png"] and "cannot decode" in errors[0]["reason"]
     assert summary["images_labeled"] == 27 and summary["images_skipped"] == 1 and summary["shards_run"] == 4
+    # a fresh actor process starts before the first shard: a positive part of the run's time, not all of it
+    assert 0 < summary["run"]["actor_start_seconds"] < summary["run"]["seconds"]
     assert set(table.column("teacher").to_pylist()) == {"tiny@0"}
     assert sorted(table.column("key").to_pylist()) == sorted(im["path"] for im in images if im["image_id"] in valid)
 

@@ -61,7 +61,7 @@ class TeacherPredictor:
         return out
 
     def label_shard(self, shard: str, images: list[dict]) -> dict:
-        start = time.perf_counter()
+        started, start = time.time(), time.perf_counter()  # wall clock: compared with the driver's (actor start)
         decoded, errors = [], []
         for im in images:
             try:
@@ -86,7 +86,8 @@ class TeacherPredictor:
         # errors first, then the shard: a shard file on disk means everything about it is recorded
         storage.write_text(storage.join(self.out_dir, "errors", f"{shard}.json"), json.dumps(errors))
         write_shard(storage.join(self.out_dir, f"{shard}.parquet"), rows)
-        return {"shard": shard, "labeled": len(rows), "skipped": len(errors), "seconds": time.perf_counter() - start}
+        return {"shard": shard, "labeled": len(rows), "skipped": len(errors), "seconds": time.perf_counter() - start,
+                "started": started}
 
     def __call__(self, batch: dict) -> dict:
         results = [self.label_shard(s, json.loads(imgs)) for s, imgs in zip(batch["shard"], batch["images"])]
