@@ -150,7 +150,8 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
         return read_metrics(folder)
     import ray
 
-    @ray.remote(num_gpus=1 if use_gpu else 0)
+    # DEFAULT: not inside the caller's placement group (a Tune trial's holds no CPU for it)
+    @ray.remote(num_gpus=1 if use_gpu else 0, scheduling_strategy="DEFAULT")
     def evaluate() -> dict:
         import torch
 

@@ -96,6 +96,7 @@ def _trainable(ctx: Context, plan: Plan):
                   f"fraction {step.fraction:g}): {state}", flush=True)
             metrics = run_step(ctx, plan, step, group["group"])
             report.update({f"{step.kind}_{k}": v for k, v in metrics.items() if k in ("mask_AP", "mask_AP50")})
+            report["mask_AP"] = metrics.get("mask_AP")  # the group's last step: what Tune ranks by
         ray.tune.report(report)
 
     return trainable
@@ -123,7 +124,7 @@ def run_phase(ctx: Context, plan: Plan, phase: int, max_concurrent: int) -> list
     points = [{"group": g, "steps": [s.key for s in members]} for g, members in groups.items()]
     fn = ray.tune.with_resources(_trainable(ctx, plan), {"CPU": 0.01})
     return fit_grid(fn, points, storage.join(ctx.out, "tune"), _phase_name(phase, groups),
-                    "distill_mask_AP" if phase == 2 else "teacher_selftrain_mask_AP",
+                    "mask_AP",
                     max_concurrent or max_concurrent_trials(base, list(stages)))
 
 
