@@ -13,6 +13,7 @@ child per stage and per pseudo-labeling pass.
 from __future__ import annotations
 
 import contextlib
+import io
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -21,7 +22,8 @@ from sskd_ray.config import Config, ConfigError, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
 from sskd_ray.redaction import redact
-from sskd_ray.train.stages import StageSpec, is_done, read_metrics, run_stage
+from sskd_ray.train.loop import MODEL_FILE
+from sskd_ray.train.stages import StageSpec, is_done, read_metrics, run_stage, write_model_spec
 
 STUDENT_STAGES = ("distill", "refine", "baseline")
 
@@ -139,14 +141,17 @@ def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, Stag
     }
 
 
-def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_gpu: bool) -> dict:
+def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_gpu: bool, weights_dir: str = "") -> dict:
     """The teacher before adaptation (zero-shot for a VFM or for the built-in teacher pretrained on the
-    source domain, `pretrained: source`), evaluated once in a Ray task; cached in folder/metrics.json."""
+    source domain, `pretrained: source`), evaluated once in a Ray task; cached in folder/metrics.json.
+    With `weights_dir`, the evaluated weights are also saved there as a teacher checkpoint (model.pt +
+    teacher.json) that pseudo-labeling can read (the ablations distill from the zero-shot teacher)."""
     if is_done(folder):
         return read_metrics(folder)
     import ray
 
-    @ray.remote(num_gpus=1 if use_gpu else 0)
+    # DEFAULT: not inside the caller's placement group (a Tune trial's holds no CPU for it)
+    @ray.remote(num_gpus=1 if use_gpu else 0, scheduling_strategy="DEFAULT")
     def evaluate() -> dict:
         import torch
 
@@ -156,6 +161,12 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
         torch.manual_seed(cfg.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = build_model(cfg.teacher, data.class_names).to(device)
+        if weights_dir:
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer)
+            storage.write_bytes(storage.join(weights_dir, MODEL_FILE), buffer.getvalue())
+            write_model_spec(weights_dir, cfg.teacher, data.class_names, data.category_ids,
+                             _stage_data(cfg, data, cfg.teacher.image_size)["inference"])
         metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.data.eval_short_side or cfg.teacher.image_size,
                                     device=device, max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
         return metrics

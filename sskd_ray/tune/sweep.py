@@ -91,6 +91,23 @@ def max_concurrent_trials(cfg: Config, stages: list[str]) -> int:
     return max(1, int(cpus // (widest.num_workers * widest.cpus_per_worker)))
 
 
+def fit_grid(trainable, points: list[dict], tune_storage: str, name: str, metric: str, max_concurrent: int) -> list[str]:
+    """One Tune trial per point (`config["trial"]`), or the same experiment restored when it exists
+    (finished trials are kept, errored ones run again); -> the errors of the trials that failed."""
+    import ray.tune
+
+    exp_path = storage.join(tune_storage, name)
+    if ray.tune.Tuner.can_restore(exp_path):
+        print(redact(f"resuming the sweep in {exp_path}: finished trials are kept"))
+        tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable, param_space={"trial": ray.tune.grid_search(points)},
+            tune_config=ray.tune.TuneConfig(metric=metric, mode="max", max_concurrent_trials=max_concurrent),
+            run_config=ray.tune.RunConfig(name=name, storage_path=tune_storage))
+    return [str(r.error) for r in tuner.fit() if r.error]
+
+
 def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: str,
               max_concurrent: int = 0) -> dict:
     import ray.tune
@@ -114,19 +131,9 @@ def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: 
             print(f"sweep {space.path.name}: {len(trials)} trials of {'+'.join(space.stages)}")
             fn = ray.tune.with_resources(_trainable(files, overrides, space.stages, run_dir, base.run_dir,
                                                     uri, parent_id), {"CPU": 0.01})
-            tune_storage, name = storage.join(run_dir, "tune"), "sweep"
-            exp_path = storage.join(tune_storage, name)
-            if ray.tune.Tuner.can_restore(exp_path):
-                print(redact(f"resuming the sweep in {exp_path}: finished trials are kept"))
-                tuner = ray.tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
-            else:
-                tuner = ray.tune.Tuner(
-                    fn, param_space={"trial": ray.tune.grid_search([t.as_dict() for t in trials])},
-                    tune_config=ray.tune.TuneConfig(metric=f"{'teacher' if space.stages[-1].startswith('teacher') else 'student'}_{space.metric}",
-                                                    mode="max", max_concurrent_trials=max_concurrent or max_concurrent_trials(base_cfg, space.stages)),
-                    run_config=ray.tune.RunConfig(name=name, storage_path=tune_storage))
-            grid = tuner.fit()
-            errors = [str(r.error) for r in grid if r.error]
+            metric = f"{'teacher' if space.stages[-1].startswith('teacher') else 'student'}_{space.metric}"
+            errors = fit_grid(fn, [t.as_dict() for t in trials], storage.join(run_dir, "tune"), "sweep", metric,
+                              max_concurrent or max_concurrent_trials(base_cfg, space.stages))
             paths = write_tables(space, trials, base_cfg, run_dir)
             tracking.log_artifacts(uri, parent_id, paths)
     if errors:
@@ -135,4 +142,4 @@ def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: 
     return {"trials": len(trials), "tables": paths}
 
 
-__all__ = ["run_sweep", "run_trial_stages", "Trial"]
+__all__ = ["fit_grid", "max_concurrent_trials", "run_sweep", "run_trial_stages", "Trial"]
