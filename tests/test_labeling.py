@@ -11,6 +11,7 @@ from PIL import Image
 from sskd_ray.config import LabelConfig, ModelConfig
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.data.pseudo_labels import read_store
+from sskd_ray.label import pipeline
 from sskd_ray.label.pipeline import TeacherMismatchError, run_labeling
 from sskd_ray.label.sources import list_images
 from sskd_ray.models.build import tiny_model_config
@@ -124,6 +125,19 @@ def _keys(out):
     keys = read_store(out).column("key").to_pylist()
     assert len(keys) == len(set(keys)), "duplicate rows in the store"
     return set(keys)
+
+
+def test_one_actor_pool_labels_every_window(local_ray, builtin_dir, tmp_path, monkeypatch):
+    """Issue 20: a large pool is planned in windows of WINDOW_SHARDS shards, but the actors (a fresh
+    process each, seconds to start) are started once per run, not once per window."""
+    monkeypatch.setattr(pipeline, "WINDOW_SHARDS", 2)
+    images = list_images(str(builtin_dir / "images" / "train"))[:21]
+    cfg = LabelConfig(images_per_shard=5, num_actors=1, max_actors=1, batch_size=5, score_threshold=0.0)
+    summary = run_labeling(images, tmp_path / "out", _spec(), "tiny@0", 64, cfg)
+    assert summary["shards_run"] == 5  # 3 windows: 2 + 2 + 1 shards
+    assert summary["run"]["actor_processes"] == 1
+    ids = read_store(tmp_path / "out").column("image_id").to_pylist()
+    assert sorted(ids) == sorted(im["image_id"] for im in images)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import fields
 
@@ -87,7 +88,7 @@ class TeacherPredictor:
         storage.write_text(storage.join(self.out_dir, "errors", f"{shard}.json"), json.dumps(errors))
         write_shard(storage.join(self.out_dir, f"{shard}.parquet"), rows)
         return {"shard": shard, "labeled": len(rows), "skipped": len(errors), "seconds": time.perf_counter() - start,
-                "started": started}
+                "started": started, "worker": os.getpid()}  # the actor's process: one per actor for the whole run
 
     def __call__(self, batch: dict) -> dict:
         results = [self.label_shard(s, json.loads(imgs)) for s, imgs in zip(batch["shard"], batch["images"])]
