@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import yaml
 
 from sskd_ray import storage
 from sskd_ray.redaction import redact
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 3e-4, 1E5: floats YAML 1.1 leaves as strings
 
 
 class ConfigError(ValueError):
@@ -211,6 +214,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string; it is the float people mean
     if tp is type(None) and value is None:
         return None
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -31,6 +31,19 @@ def test_int_accepted_for_float():
     assert load_config(None, ["loss.contrastive_weight=1"]).loss.contrastive_weight == 1.0
 
 
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads `3e-4` as the string "3e-4"; the float field takes it as 0.0003
+    cfg = load_config(None, ["stages.distill.lr=3e-4", "loss.temperature=1E-1"])
+    assert cfg.stages.distill.lr == 0.0003 and cfg.loss.temperature == 0.1
+    path = tmp_path / "c.yaml"
+    path.write_text("stages: {refine: {lr: 5e-5}}\n")
+    assert load_config(path).stages.refine.lr == 0.00005
+    with pytest.raises(ConfigError, match=r"stages\.distill\.lr"):  # other strings stay errors
+        load_config(None, ["stages.distill.lr=fast"])
+    with pytest.raises(ConfigError, match=r"stages\.distill\.iterations"):  # and ints stay ints
+        load_config(None, ["stages.distill.iterations=1e3"])
+
+
 @pytest.mark.parametrize("override, key", [
     ("loss.temprature=0.2", "loss.temprature"),
     ("stages.distill.iterations=many", "stages.distill.iterations"),
