@@ -18,9 +18,10 @@ from pathlib import Path
 
 from sskd_ray import storage
 from sskd_ray.config import load_config
+from sskd_ray.eval.report import format_table
 from sskd_ray.ray_setup import init_ray
 from sskd_ray.redaction import redact
-from sskd_ray.train.pipeline import run_pipeline
+from sskd_ray.train.pipeline import ROWS, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baseline")
@@ -39,7 +40,9 @@ def main() -> None:
     run_dir = storage.normalize(args.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     init_ray()
     start = time.perf_counter()
-    run_pipeline(cfg, run_dir, only=args.stage)
+    results = run_pipeline(cfg, run_dir, only=args.stage)
+    if not args.stage:  # the report's table, as the run ends (the README's demo table is this one)
+        print(format_table(results, ROWS))
     print(redact(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir}"))
 
 

@@ -110,6 +110,8 @@ def test_job_submit_runs_the_smoke_pipeline(submitted_run):
     for row in ("Teacher, before adaptation", "Teacher, adapted", "Student, supervised only", "Student after transfer",
                 "Student after refinement"):
         assert row in report
+        # the job prints the report's table as it ends, row for row
+        assert next(line for line in report.splitlines() if line.startswith(f"| {row}")) in job.stdout
     assert (run_dir / "losses.png").stat().st_size > 10_000
     assert (run_dir / "student" / "final" / "model.pt").is_file()
     for stage in ("teacher/finetune", "teacher/selftrain", "student/distill", "student/refine", "student/baseline"):
