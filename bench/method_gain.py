@@ -2,6 +2,7 @@
 stage's mask AP / AP50 as mean +- std, the issue's goals checked seed by seed.
 
     python bench/method_gain.py --seeds 0 1 2 [--out runs/method_gain] [--config configs/default.yaml] [key=value ...]
+    python bench/method_gain.py --seeds 0 1 2 --report-only   # tables and plot again, nothing re-run
 
 Each seed is `jobs/full_pipeline.py --config <config> --run-dir <out>/seed<s> seed=<s>` (the data and
 its labeled split stay the same; the seed changes every random draw of training and labeling).
@@ -19,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -105,9 +107,14 @@ def tables(per_seed: dict[int, dict]) -> str:
     if passes:
         keys = sorted({k for _, _, q in passes for k in q})
         lines += ["", "| seed | labeling pass | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
-        lines += [f"| {s} | {n} | " + " | ".join(f"{q.get(k, float('nan')):.2f}" for k in keys) + " |"
+        lines += [f"| {s} | {n} | " + " | ".join(_number(q.get(k, float("nan"))) for k in keys) + " |"
                   for s, n, q in passes]
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Counts as integers, rates and APs with two decimals."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
 
 
 def plot(per_seed: dict[int, dict], path: Path) -> str:
@@ -120,11 +127,11 @@ def plot(per_seed: dict[int, dict], path: Path) -> str:
         ax.bar(i, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, color=colour, alpha=0.7,
                capsize=4)
         ax.scatter([i] * len(values), values, color="#222222", s=10, zorder=3)
-    ax.set_xticks(range(len(STAGES)), [label.replace(" (", "\n(").replace(", ", ",\n") for _, _, label in STAGES],
-                  fontsize=7)
+    ax.set_xticks(range(len(STAGES)), [textwrap.fill(label, 16) for _, _, label in STAGES], fontsize=7)
     ax.set_ylabel("val mask AP")
     ax.set_title(f"built-in benchmark, {len(seeds)} seeds (bars: mean ± std, dots: seeds)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()  # room for the three-line stage names
     return save_figure(fig, path)
 
 
@@ -134,10 +141,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "runs" / "method_gain"))
     parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: tables, plot and doc again from <out>'s finished seeds (walls from its method_gain.json)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for every seed")
     args = parser.parse_args()
     out = Path(args.out).resolve()
-    walls = {s: run_seed(args.config, out, s, args.overrides) for s in args.seeds}
+    if args.report_only:
+        walls = {int(s): w for s, w in json.loads((out / "method_gain.json").read_text())["wall_s"].items()}
+        walls = {s: walls[s] for s in args.seeds}  # a seed never run there: KeyError naming it
+    else:
+        walls = {s: run_seed(args.config, out, s, args.overrides) for s in args.seeds}
     per_seed = {s: read_seed(out / f"seed{s}") for s in args.seeds}
     text = tables(per_seed)
     figure = plot(per_seed, out / "method_gain.png")

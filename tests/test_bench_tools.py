@@ -55,6 +55,9 @@ def test_table_mean_std_and_goal_counts(tmp_path):
     assert "| student after refinement | 13.0 ± 2.0 | 26.0 ± 4.0 | 14.0 ± 2.0 | 11.0 / 13.0 / 15.0 |" in text
     # refined >= 1.5 x 8 = 12 holds for seeds 1 and 2 only
     assert "| student refined >= 1.5 x supervised-only | 2 / 3 | -1.0 / +1.0 / +3.0 |" in text
+    # the labeling passes: counts as integers, rates with two decimals
+    assert "| 0 | adapted | 4.50 | 0.50 |" in text and "| matched |" not in text
+    assert method_gain._number(622.0) == "622" and method_gain._number(0.314) == "0.31"
 
 
 def test_saved_bytes_counts_each_storage_once_and_skips_parameters():
