@@ -108,14 +108,18 @@ def overrides(data: Path, iterations: int) -> list[str]:
     return out
 
 
+def done_marker(folder: Path) -> Path:
+    """The file whose time says when a step finished: its DONE (training, evaluation), else the labeling
+    pass's summary.json."""
+    return folder / "DONE" if (folder / "DONE").is_file() else folder / "summary.json"
+
+
 def stage_windows(run_dir: Path, began: float) -> dict[str, tuple[float, float]]:
     """Each step's (start, end) from its folder's DONE file times, in pipeline order; steps finished
     before `began` (a resumed run) are left out."""
     windows, last = {}, began
     for name, folder in STAGE_FOLDERS.items():
-        done = run_dir / folder / "DONE"
-        if not done.is_file():
-            done = run_dir / folder / "summary.json"
+        done = done_marker(run_dir / folder)
         if done.is_file() and done.stat().st_mtime > began:
             end = done.stat().st_mtime
             windows[name] = (last, end)
@@ -130,8 +134,7 @@ def earlier_rows(result_file: Path, run_dir: Path, began: float) -> list[dict]:
         return []
     rows = []
     for row in json.loads(result_file.read_text()).get("steps", []):
-        folder = run_dir / STAGE_FOLDERS.get(row["step"], "?")
-        done = folder / "DONE" if (folder / "DONE").is_file() else folder / "summary.json"
+        done = done_marker(run_dir / STAGE_FOLDERS.get(row["step"], "?"))
         if done.is_file() and done.stat().st_mtime <= began:
             rows.append({**row, "earlier_run": row.get("earlier_run", True)})
     return rows

@@ -13,7 +13,8 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _fmt2(value) -> str:
+def fmt2(value) -> str:
+    """Two decimals, or "-" for a missing value (rates, per-image counts)."""
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -108,8 +109,8 @@ def pseudo_label_section(run_dir: str) -> list[str]:
             s = storage.read_json(summary)
             q = s.get("quality", {})
             rows.append(f"| {name} teacher | {s['images_labeled']} | {s['images_skipped']} | {s['instances']} | "
-                        f"{_fmt2(q.get('instances_per_image'))} | {_fmt2(q.get('gt_per_image'))} | "
-                        f"{_fmt2(q.get('precision'))} | {_fmt2(q.get('recall'))} | "
+                        f"{fmt2(q.get('instances_per_image'))} | {fmt2(q.get('gt_per_image'))} | "
+                        f"{fmt2(q.get('precision'))} | {fmt2(q.get('recall'))} | "
                         f"{_fmt(q.get('mask_AP'))} | {_fmt(q.get('mask_AP50'))} |")
         if storage.is_file(storage.join(run_dir, "pseudo", name, "scores.png")):
             plots.append(f"![{name}](pseudo/{name}/scores.png)")

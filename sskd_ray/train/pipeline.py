@@ -21,6 +21,7 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import Config, ConfigError, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
+from sskd_ray.eval.report import fmt2
 from sskd_ray.redaction import redact
 from sskd_ray.train.loop import MODEL_FILE
 from sskd_ray.train.stages import StageSpec, is_done, read_metrics, run_stage, write_model_spec
@@ -189,14 +190,10 @@ def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, pa
     storage.write_text(storage.join(out, "DONE"), "done\n")
     quality = summary.get("quality", {})
     print(f"[pseudo-label] {summary['images_labeled']} images, {summary['instances']} instances"
-          + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}, precision {_share(quality.get('precision'))}, "
-             f"recall {_share(quality.get('recall'))}, {_share(quality.get('instances_per_image'))} per image "
-             f"(ground truth {_share(quality.get('gt_per_image'))})" if quality else "") + f" -> {redact(out)}")
+          + (f", quality vs ground truth: mask AP {quality['mask_AP']:.1f}, precision {fmt2(quality.get('precision'))}, "
+             f"recall {fmt2(quality.get('recall'))}, {fmt2(quality.get('instances_per_image'))} per image "
+             f"(ground truth {fmt2(quality.get('gt_per_image'))})" if quality else "") + f" -> {redact(out)}")
     return summary
-
-
-def _share(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 ROWS = (("teacher_initial", "Teacher, before adaptation"), ("teacher_finetune", "Teacher, fine-tuned on labeled"),
