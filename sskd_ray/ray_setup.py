@@ -5,37 +5,81 @@ import os
 from pathlib import Path
 
 from sskd_ray import storage
+from sskd_ray.redaction import redact
 
 
 LOCAL_ENV = "SSKD_RAY_LOCAL"  # =1: always a private local Ray, even where a cluster runs on this machine
 
 
-def init_ray(local_cpus: int | None = None, address: str | None = None) -> dict:
+def _gcs_answers(address: str, timeout_s: float) -> bool:
+    """Whether something accepts a TCP connection at `address` ("host:port", "ray://host:port"), within
+    `timeout_s`. Ray's own connect to a dead address does not fail: it retries for ever (measured: still
+    "Failed to get cluster ID from GCS server" after 5 minutes), so every join is checked first."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return True  # not host:port ("auto", a name Ray resolves): leave it to ray.init
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _started_head_address() -> str | None:
+    """The address `ray start --head` on this machine left in Ray's temp folder (ray_current_cluster;
+    RAY_TMPDIR moves it), or None."""
+    try:
+        from ray._private.utils import read_ray_address
+    except ImportError:  # moved in a later Ray: then only RAY_ADDRESS / address= join a cluster
+        return None
+    return read_ray_address() or None
+
+
+def init_ray(local_cpus: int | None = None, address: str | None = None, connect_timeout_s: float = 10.0) -> dict:
     """Join a running Ray cluster, else start a private local one; print which, and return
     {"mode", "address", "CPU", "GPU"}.
 
-    `address` (or RAY_ADDRESS, as under `ray job submit`) names a cluster; "local" (or SSKD_RAY_LOCAL=1)
-    forces a private local Ray. With neither, `ray.init()` finds a cluster started on this machine
-    by `ray start --head` and joins it, and only when there is none starts a local Ray. Resources
-    are passed only when starting one (Ray refuses them when connecting, RAY_NOTES.md). Locally the
-    CPU count is logical: at least 4, so an actor pool cannot take every slot and starve the read
-    tasks on a 2-core machine (the hang seen in RAY_NOTES.md)."""
+    `address` (or RAY_ADDRESS, as under `ray job submit`) names a cluster; nothing answering there is an
+    error that names it. "local" (or SSKD_RAY_LOCAL=1) forces a private local Ray. With neither, a
+    cluster that `ray start --head` started on this machine is joined when it answers, and otherwise
+    (none, or one stopped without `ray stop`) a local Ray starts. Never joined: another process's
+    private Ray found by scanning the machine's processes (Ray's legacy `address="auto"`), which put a
+    CI run's job inside a dying cluster it did not own, where it hung. Resources are passed only when
+    starting one (Ray refuses them when connecting, RAY_NOTES.md). Locally the CPU count is logical: at
+    least 4, so an actor pool cannot take every slot and starve the read tasks on a 2-core machine
+    (the hang seen in RAY_NOTES.md)."""
     import ray
 
     if not ray.is_initialized():
-        wanted = address or os.environ.get("RAY_ADDRESS", "")
-        local = wanted == "local" or (not address and os.environ.get(LOCAL_ENV, "") not in ("", "0"))
+        explicit = address or os.environ.get("RAY_ADDRESS", "")
+        local = explicit == "local" or (not address and os.environ.get(LOCAL_ENV, "") not in ("", "0"))
         cpus = local_cpus or max(4, os.cpu_count() or 1)
+        if not local and explicit:
+            if not _gcs_answers(explicit, connect_timeout_s):
+                source = "address=" if address else "RAY_ADDRESS="
+                raise ConnectionError(f"no Ray cluster answers at {source}{redact(explicit)} within "
+                                      f"{connect_timeout_s:g} s: start it, correct the address, or set "
+                                      f"{LOCAL_ENV}=1 for a private local Ray")
+            ray.init(address=explicit, log_to_driver=True)
+        elif not local:
+            head = _started_head_address()
+            if head and _gcs_answers(head, connect_timeout_s):
+                try:
+                    ray.init(address=head, log_to_driver=True)
+                except ConnectionError as err:
+                    print(f"ray: could not join the cluster at {redact(head)} ({err}); starting a local Ray")
+                    ray.shutdown()
+                    local = True
+            else:
+                if head:
+                    print(f"ray: `ray start` left the address {redact(head)} on this machine, but no Ray answers "
+                          f"there (stopped without `ray stop`); starting a local Ray")
+                local = True
         if local:
             ray.init(address="local", num_cpus=cpus)
-        elif wanted:
-            ray.init(address=wanted, log_to_driver=True)
-        else:
-            try:
-                ray.init(address="auto", log_to_driver=True)  # a `ray start --head` on this machine
-            except ConnectionError:
-                ray.init(address="local", num_cpus=cpus)
-                local = True
         mode = "started a local Ray" if local else "joined the Ray cluster"
     else:
         mode = "using the Ray already initialised"

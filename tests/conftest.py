@@ -6,6 +6,9 @@ import torch
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every job a test starts gets a private local Ray, never a cluster that happens to run on the machine
+# (a developer's `ray start`); the tests of joining (tests/test_cluster.py) clear this themselves.
+os.environ.setdefault("SSKD_RAY_LOCAL", "1")
 
 
 CUDA = torch.cuda.is_available()

@@ -250,3 +250,84 @@ def test_labeling_survives_losing_a_node(builtin_dir, tmp_path):
     keys = read_store(out).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 24
     assert result["summary"]["images_labeled"] == 24 and result["summary"]["problems"] == []
+
+
+def test_gcs_probe_tells_a_listening_port_from_a_closed_one():
+    """The check before every join: a port something listens on answers, a closed one does not (at
+    once, not after Ray's endless retries), and a non host:port address is left to Ray."""
+    import socket
+
+    from sskd_ray.ray_setup import _gcs_answers
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert _gcs_answers(f"127.0.0.1:{port}", 2.0)
+        assert _gcs_answers(f"ray://127.0.0.1:{port}", 2.0)
+    assert not _gcs_answers(f"127.0.0.1:{port}", 2.0)  # closed now
+    assert _gcs_answers("auto", 2.0)
+
+
+def _short_ray_tmpdir() -> str:
+    """A private Ray temp folder (RAY_TMPDIR) with a short path: Ray's unix sockets live under it, and
+    their paths must stay under ~107 characters, which pytest's tmp_path can exceed."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="rt", dir="/tmp")
+
+
+def test_dead_ray_address_is_a_clear_error_without_secrets():
+    """RAY_ADDRESS naming a cluster that is not there fails within the connect timeout, names the
+    variable, and does not print the credentials in it (Ray itself would retry for ever)."""
+    import subprocess
+    import sys
+
+    env = {**_clean_env(), "RAY_ADDRESS": "ray://admin:hunter2@127.0.0.1:1"}
+    result = subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "no Ray cluster answers at RAY_ADDRESS=" in out and "SSKD_RAY_LOCAL=1" in out, out[-2000:]
+    assert "hunter2" not in out
+
+
+@pytest.mark.slow
+def test_init_ray_never_joins_another_jobs_private_ray_nor_a_stale_head():
+    """The CI run of 2026-12-05 hung: a job's init_ray joined, through Ray's legacy process scan
+    (`address="auto"`), a private Ray another process on the machine had started and was stopping.
+    With such a Ray running and `ray start`'s address file naming a head that is gone, a job starts
+    its own Ray, says why, and does not wait on the dead address."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    ray_tmp = _short_ray_tmpdir()
+    env = {**_clean_env(), "RAY_TMPDIR": ray_tmp}
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+                               "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        other_address = other.stdout.readline().strip()
+        assert other_address, "the other process's Ray did not start"
+        with socket.socket() as s:  # a port nothing listens on once closed: the stopped head
+            s.bind(("127.0.0.1", 0))
+            dead_port = s.getsockname()[1]
+        (Path(ray_tmp) / "ray").mkdir(exist_ok=True)
+        (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port}")
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=240)
+        took = time.monotonic() - started
+    finally:
+        other.stdin.close()
+        other.wait(timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    info = __import__("json").loads(next(line for line in result.stdout.splitlines()
+                                         if line.startswith("INFO "))[len("INFO "):])
+    assert info["mode"] == "started a local Ray"
+    assert info["address"] != other_address and not info["address"].endswith(f":{dead_port}")
+    assert f"127.0.0.1:{dead_port}" in result.stdout and "no Ray answers there" in result.stdout
+    assert took < 120, took
