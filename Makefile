@@ -1,6 +1,11 @@
 # Two entry points: `make demo` (the built-in pipeline on CPU) and `make test`.
-# TORCH_SPEC picks the torch build: the default is the CPU wheel this project is tested with; on a
-# GPU machine use e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+# TORCH_SPEC picks the torch build: the default is the CPU wheel; on a GPU machine use e.g.
+# TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+# Where only PyPI is reachable the pin does not hold: timm needs torchvision, PyPI's torchvision 0.28.0
+# (the match for 2.13) does not import next to torch 2.13.0+cpu ("operator torchvision::nms does not
+# exist", checked 2026-12-05), so pip takes torchvision 0.29.1 and with it torch 2.14.1 and its CUDA
+# libraries (it runs on CPU; CI runs this way). With the PyTorch index reachable,
+# TORCH_SPEC="torch==2.13.0 torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu" keeps it CPU-only.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
