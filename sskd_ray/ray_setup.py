@@ -9,6 +9,10 @@ from sskd_ray.redaction import redact
 
 
 LOCAL_ENV = "SSKD_RAY_LOCAL"  # =1: always a private local Ray, even where a cluster runs on this machine
+# Set by Ray's job supervisor for the driver of a submitted job (with RAY_ADDRESS): its runtime
+# environment (the uploaded working_dir) lives in that cluster's GCS, so a private Ray started there
+# fails in every worker ("Failed to download runtime_env file package gcs://_ray_pkg_...").
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def _gcs_answers(address: str, timeout_s: float) -> bool:
@@ -43,7 +47,8 @@ def init_ray(local_cpus: int | None = None, address: str | None = None, connect_
     {"mode", "address", "CPU", "GPU"}.
 
     `address` (or RAY_ADDRESS, as under `ray job submit`) names a cluster; nothing answering there is an
-    error that names it. "local" (or SSKD_RAY_LOCAL=1) forces a private local Ray. With neither, a
+    error that names it. "local" (or SSKD_RAY_LOCAL=1) forces a private local Ray, except in the driver
+    of a job submitted with `ray job submit`, which always joins its cluster. With neither, a
     cluster that `ray start --head` started on this machine is joined when it answers, and otherwise
     (none, or one stopped without `ray stop`) a local Ray starts. Never joined: another process's
     private Ray found by scanning the machine's processes (Ray's legacy `address="auto"`), which put a
@@ -56,6 +61,10 @@ def init_ray(local_cpus: int | None = None, address: str | None = None, connect_
     if not ray.is_initialized():
         explicit = address or os.environ.get("RAY_ADDRESS", "")
         local = explicit == "local" or (not address and os.environ.get(LOCAL_ENV, "") not in ("", "0"))
+        if local and os.environ.get(SUBMITTED_JOB_ENV) and os.environ.get("RAY_ADDRESS"):
+            print(f"ray: this is the driver of a job submitted with `ray job submit`: joining its cluster, "
+                  f"{LOCAL_ENV} / address='local' ignored (a private Ray cannot serve the job's runtime environment)")
+            explicit, local = os.environ["RAY_ADDRESS"], False
         cpus = local_cpus or max(4, os.cpu_count() or 1)
         if not local and explicit:
             if not _gcs_answers(explicit, connect_timeout_s):

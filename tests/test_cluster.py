@@ -156,7 +156,8 @@ def _init_info(env: dict) -> dict:
 @pytest.mark.slow
 def test_init_ray_joins_a_running_head_or_starts_its_own(tmp_path):
     """Issue 22 (3): with `ray start --head` running and RAY_ADDRESS unset, a job joins that cluster (it
-    used to crash: 'num_cpus and num_gpus must not be provided'); SSKD_RAY_LOCAL=1 gets a private Ray."""
+    used to crash: 'num_cpus and num_gpus must not be provided'); SSKD_RAY_LOCAL=1 gets a private Ray,
+    except in the driver of a submitted job."""
     import socket
     import subprocess
     import sys
@@ -165,28 +166,35 @@ def test_init_ray_joins_a_running_head_or_starts_its_own(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = _clean_env()
+    import shutil
+
+    ray_tmp = _short_ray_tmpdir()  # this head's address file, not the machine's /tmp/ray one
+    env = {**_clean_env(), "RAY_TMPDIR": ray_tmp}
+    address_file = Path(ray_tmp) / "ray" / "ray_current_cluster"
     # --block: the head lives as long as this process, and stopping it stops only this cluster
     head = subprocess.Popen([Path(sys.executable).parent / "ray", "start", "--head", "--block", f"--port={port}",
                              "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        # up = `ray start` wrote its address (its last step), not only the GCS port open: on a loaded
+        # machine the file came more than 2 s after the port, and a job then found no head
+        while not (address_file.is_file() and address_file.read_text().strip().endswith(f":{port}")):
             assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
             time.sleep(0.5)
-        time.sleep(2)
         joined = _init_info(env)
         local = _init_info({**env, "SSKD_RAY_LOCAL": "1"})
+        # the driver of a submitted job (Ray's job supervisor sets these two): joins even with SSKD_RAY_LOCAL=1
+        submitted = _init_info({**env, "SSKD_RAY_LOCAL": "1", "RAY_ADDRESS": f"127.0.0.1:{port}",
+                                "RAY_JOB_CONFIG_JSON_ENV_VAR": '{"runtime_env": {}}'})
     finally:
         head.terminate()
         head.wait(timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert joined["mode"] == "joined the Ray cluster" and joined["address"].endswith(f":{port}")
     assert joined["CPU"] == 3 and joined["GPU"] == 0
     assert local["mode"] == "started a local Ray" and not local["address"].endswith(f":{port}") and local["CPU"] >= 4
+    assert submitted["mode"] == "joined the Ray cluster" and submitted["address"].endswith(f":{port}")
 
 
 @pytest.mark.slow
