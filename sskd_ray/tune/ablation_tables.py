@@ -131,7 +131,7 @@ def table_markdown(table: int, rows: list[dict], png: str) -> str:
     lines.append("")
     for o in orderings(table, rows):
         verdict = "holds" if o["holds"] else "does NOT hold" + (" (a tie)" if o["gap"] == 0 else "")
-        lines.append(f"- {o['better']} > {o['worse']}: {verdict} (mean gap {o['gap']:+.1f} AP; "
+        lines.append(f"- {o['better']} > {o['worse']}: {verdict} (mean gap {o['gap']:+.2f} AP; "
                      f"in {o['seeds_holding']} of {o['seeds']} seeds)")
     lines += ["", f"![table {table}]({png})", ""]
     return "\n".join(lines)
@@ -151,9 +151,10 @@ def plot_table(table: int, rows: list[dict], path: str) -> str:
                    label="paper (Cityscapes 10 %)")
     ax.set_yticks(ys, [row_id(r["row"], r["fraction"]) for r in mine], fontsize=7)
     ax.set_xlabel("val mask AP (%)")
-    ax.set_title(TITLES[table], fontsize=9)
+    ax.set_title(TITLES[table], fontsize=9, pad=18)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # above the bars, not over them: inside the axes it hid the paper's marker of a bottom row
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False, borderaxespad=0.2)
     fig.tight_layout()
     return save_figure(fig, path)
 
