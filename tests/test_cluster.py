@@ -141,16 +141,21 @@ def _clean_env() -> dict:
     return env
 
 
-def _init_info(env: dict) -> dict:
+def _run_init(env: dict, timeout: float = 300) -> tuple[dict, str]:
+    """init_ray in a fresh process: (its returned info, its stdout)."""
     import json
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("INFO "))
     assert "ray: " in result.stdout  # it says what it did
-    return json.loads(line[len("INFO "):])
+    return json.loads(line[len("INFO "):]), result.stdout
+
+
+def _init_info(env: dict) -> dict:
+    return _run_init(env)[0]
 
 
 @pytest.mark.slow
@@ -326,16 +331,13 @@ def test_init_ray_never_joins_another_jobs_private_ray_nor_a_stale_head():
         (Path(ray_tmp) / "ray").mkdir(exist_ok=True)
         (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port}")
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=240)
+        info, stdout = _run_init(env, timeout=240)
         took = time.monotonic() - started
     finally:
         other.stdin.close()
         other.wait(timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    info = __import__("json").loads(next(line for line in result.stdout.splitlines()
-                                         if line.startswith("INFO "))[len("INFO "):])
     assert info["mode"] == "started a local Ray"
     assert info["address"] != other_address and not info["address"].endswith(f":{dead_port}")
-    assert f"127.0.0.1:{dead_port}" in result.stdout and "no Ray answers there" in result.stdout
+    assert f"127.0.0.1:{dead_port}" in stdout and "no Ray answers there" in stdout
     assert took < 120, took
