@@ -74,7 +74,7 @@ def run_ddp_node_loss(folder: Path, iterations: int = 300) -> dict:
         deadline = time.time() + 400
         # wait for a *registered* checkpoint: Train writes checkpoint_manager_snapshot.json (also matched
         # by the pattern) once it registered one; a checkpoint on disk but not registered when the node
-        # goes is lost (RAY_NOTES.md) and the restart begins at iteration 0, counting no resume
+        # goes is lost (docs/ray_notes.md) and the restart begins at iteration 0, counting no resume
         while len(_checkpoints(storage)) < 2 and thread.is_alive() and time.time() < deadline:
             time.sleep(0.1)
         removed_after = [p.name for p in _checkpoints(storage)]

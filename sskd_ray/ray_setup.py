@@ -1,4 +1,4 @@
-"""Starting or joining Ray the same way in every job (RAY_NOTES.md: pass resources only locally)."""
+"""Starting or joining Ray the same way in every job (docs/ray_notes.md, "Starting and joining")."""
 from __future__ import annotations
 
 import os
@@ -17,8 +17,8 @@ SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 def _gcs_answers(address: str, timeout_s: float) -> bool:
     """Whether something accepts a TCP connection at `address` ("host:port", "ray://host:port"), within
-    `timeout_s`. Ray's own connect to a dead address does not fail: it retries for ever (measured: still
-    "Failed to get cluster ID from GCS server" after 5 minutes), so every join is checked first."""
+    `timeout_s`. Ray's own connect to an address where nothing listens does not fail, it keeps
+    retrying (docs/ray_notes.md, "Starting and joining"), so every join is checked here first."""
     import socket
 
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -51,11 +51,11 @@ def init_ray(local_cpus: int | None = None, address: str | None = None, connect_
     of a job submitted with `ray job submit`, which always joins its cluster. With neither, a
     cluster that `ray start --head` started on this machine is joined when it answers, and otherwise
     (none, or one stopped without `ray stop`) a local Ray starts. Never joined: another process's
-    private Ray found by scanning the machine's processes (Ray's legacy `address="auto"`), which put a
-    CI run's job inside a dying cluster it did not own, where it hung. Resources are passed only when
-    starting one (Ray refuses them when connecting, RAY_NOTES.md). Locally the CPU count is logical: at
-    least 4, so an actor pool cannot take every slot and starve the read tasks on a 2-core machine
-    (the hang seen in RAY_NOTES.md)."""
+    private Ray found by scanning the machine's processes (Ray's legacy `address="auto"`): this
+    process does not own it and cannot know whether it is shutting down. Resources are passed only
+    when starting one (Ray refuses them when connecting). Locally the CPU count is logical, at least
+    4, so an actor pool cannot take every slot and starve the read tasks that feed it on a 2-core
+    machine (docs/ray_notes.md, "Starting and joining")."""
     import ray
 
     if not ray.is_initialized():

@@ -96,7 +96,7 @@ def test_multi_node_run_refuses_storage_one_node_cannot_see(tmp_path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (RAY_NOTES.md)
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (docs/ray_notes.md)
         env["RAY_AUTH_MODE"] = "token"
     address = f"127.0.0.1:{port}"
     subprocess.run([bin_dir / "ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
@@ -136,7 +136,7 @@ def _clean_env() -> dict:
            "PYTHONPATH": str(REPO)}
     for key in ("RAY_ADDRESS", "SSKD_RAY_LOCAL"):
         env.pop(key, None)
-    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (RAY_NOTES.md)
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (docs/ray_notes.md)
         env["RAY_AUTH_MODE"] = "token"
     return env
 

@@ -270,18 +270,6 @@ def test_padding_is_never_an_anchor():
         assert bool(per_pixel[:, 6:].gt(0).any()) == grad_in_padding
 
 
-def test_uncertain_points_avoid_padding():
-    logits = torch.full((2, 16, 16), 10.0)  # confident on real pixels
-    logits[:, :, 8:] = 0.0  # maximally uncertain in the padding (right half)
-    valid = torch.zeros(2, 16, 16, dtype=torch.bool)
-    valid[:, :, :8] = True
-    g = torch.Generator().manual_seed(0)
-    coords = uncertain_points(logits, 40, 3.0, 0.75, g, valid=valid)
-    assert coords[:, :30, 0].lt(0.5).all()  # the 30 importance points all lie on real pixels
-    coords = uncertain_points(logits, 40, 3.0, 0.75, torch.Generator().manual_seed(0))
-    assert coords[:, :30, 0].ge(0.5).float().mean() > 0.9  # without the mask they would sit in the padding
-
-
 def test_real_extent_and_uniform_points_stay_on_real_pixels():
     pad = torch.zeros(2, 16, 24, dtype=torch.bool)
     pad[0, :8, :12] = True  # a quarter of the frame is real

@@ -32,7 +32,7 @@ def _free_port() -> int:
 def _env() -> dict:
     # the job's `python` must be this environment's, whether or not the venv is activated
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (RAY_NOTES.md)
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head turns token auth on (docs/ray_notes.md)
         env["RAY_AUTH_MODE"] = "token"
     return env
 

@@ -13,7 +13,7 @@ from sskd_ray.models.freeze import param_groups
 from sskd_ray.models.prompts import chunk_prompts
 from sskd_ray.models.teacher_configs import (build_tiny_bert_tokenizer, detector_class, full_teacher_configs,
                                              tiny_teacher_configs)
-from sskd_ray.models.teacher_frames import (PAD_LOGIT, boxes_to_pixels, long_side_size, masks_to_boxes,
+from sskd_ray.models.teacher_frames import (PAD_LOGIT, long_side_size, masks_to_boxes,
                                             short_side_size, square_to_frame)
 
 NAMES = list(CLASS_NAMES)
@@ -192,8 +192,8 @@ def test_boxes_and_masks_round_trip_between_input_and_sam2_frames(device):
     sizes, seg_sizes = [(64, 128), (96, 32)], [(64, 128), (128, 43)]
     boxes_px = [torch.tensor([40.0, 10.0, 100.0, 50.0], device=device), torch.tensor([8.0, 30.0, 24.0, 60.0],
                                                                                     device=device)]
-    sam_boxes = [boxes_to_pixels(b / b.new_tensor([w, h, w, h]), s)
-                 for b, (h, w), s in zip(boxes_px, sizes, seg_sizes)]
+    sam_boxes = [b / b.new_tensor([w, h, w, h]) * b.new_tensor([sw, sh, sw, sh])  # as the teacher scales them
+                 for b, (h, w), (sh, sw) in zip(boxes_px, sizes, seg_sizes)]
     assert torch.allclose(sam_boxes[0], torch.tensor([40.0, 10.0, 100.0, 50.0], device=device))
     assert torch.allclose(sam_boxes[1], torch.tensor([10.75, 40.0, 32.25, 80.0], device=device))
     square = torch.full((2, 1, 128, 128), -10.0, device=device)  # SAM2-frame logits: +10 on pixels inside each box

@@ -176,7 +176,7 @@ def local_ray():
 
 def test_stage_survives_a_killed_worker(smoke_run, local_ray, tmp_path, monkeypatch):
     """One Ray Train worker dies hard (os._exit) at iteration 5; the stage restarts from a registered
-    checkpoint (iteration 4, or 2 if the crash beat the last registration: RAY_NOTES.md) and
+    checkpoint (iteration 4, or 2 if the crash beat the last registration: docs/ray_notes.md) and
     finishes all 8 iterations with an evaluated model."""
     from sskd_ray.train.stages import run_stage
 

@@ -1,8 +1,8 @@
-"""The pseudo-label store (DESIGN.md "Contracts"): Parquet, one row per image.
+"""The pseudo-label store: Parquet, one row per image; the contract labeling, training and export share.
 
 Columns: image_id int64, file_name string, height/width int32, instances list<struct<category_id
 int32, score float32, bbox list<float32> (xywh), segmentation string (COCO RLE counts)>>, teacher
-string (model id + checkpoint hash), key string (issue 22).
+string (model id + checkpoint hash), key string.
 
 `key` identifies the image a row labels: its location as listed (an absolute local path or a URI,
 symbolic links kept as the link's own path, never resolved). A labeling run labels the pool images
@@ -86,11 +86,6 @@ def stored_keys(store: str | Path) -> tuple[set[str], set[int], int]:
             column = column.drop_null()
         keys.update(column.to_pylist())
     return keys, legacy, rows
-
-
-def store_teachers(store: str | Path) -> set[str]:
-    table = read_store(store)
-    return set(table.column("teacher").to_pylist()) if table.num_rows else set()
 
 
 def iter_rows(store: str | Path) -> Iterable[dict]:

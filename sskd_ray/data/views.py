@@ -1,4 +1,4 @@
-"""Weak and strong views of one image (METHOD.md Sec. 3.2), with the geometry that links them.
+"""Weak and strong views of one image (docs/method.md Sec. 3.2), with the geometry that links them.
 
 Weak: the image scaled (aspect kept) so its short side is `size` times a factor drawn from
 `scale_jitter`, an optional horizontal flip, then a random `crop_size` (h, w) crop; where the scaled

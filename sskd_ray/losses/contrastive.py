@@ -1,4 +1,4 @@
-"""Instance-aware pixel-wise contrastive loss with debiased negative sampling (METHOD.md, Sec. 3.2).
+"""Instance-aware pixel-wise contrastive loss with debiased negative sampling (docs/method.md, Sec. 3.2).
 
     P_m = softmax_N(mask_logits)               (N, P)     pbar_c(i) = sum_n P_m(n, i) P_c(n)   (Eq. 1)
     q(i) = [P_m(:, i) ; pbar_c(i)],  qhat = q / |q|                                               (Eq. 2)

@@ -1,4 +1,4 @@
-"""Diagnostics of the contrastive loss on images with ground truth (METHOD.md, Sec. 4.3).
+"""Diagnostics of the contrastive loss on images with ground truth (docs/method.md, Sec. 4.3).
 
 Instance ids are given at feature resolution, unique across the batch, 0 = background; anchors
 on background are left out of both measures (they belong to no instance).

@@ -16,10 +16,6 @@ import torch
 import torch.nn.functional as F
 
 
-def _take(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    return t if rows is None else t[rows]
-
-
 def add_rows(t: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
     """t[rows] += value, with rows None meaning every row."""
     if rows is None:

@@ -1,6 +1,6 @@
 """Debiased negative sampling by rejection from proposals shared across a block of anchors.
 
-Target (METHOD.md Sec. 3.2): for anchor i, K draws i.i.d. with p_i(j) ~ d(i, j)^power over the
+Target (docs/method.md Sec. 3.2): for anchor i, K draws i.i.d. with p_i(j) ~ d(i, j)^power over the
 candidates j, d(i, j) = 1 - <qhat_i, qhat_j> in [0, 1]; the `uniform` ablation is p_i(j) ~ 1 over
 the candidates other than an excluded one (the anchor's own pixel). The P x M matrix of d is
 never built.

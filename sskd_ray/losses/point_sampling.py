@@ -34,19 +34,14 @@ def random_points(n: int, num_points: int, device: torch.device, generator: torc
 
 
 def uncertain_points(logits: torch.Tensor, num_points: int, oversample: float, importance: float,
-                     generator: torch.Generator | None = None, valid: torch.Tensor | None = None,
-                     extent: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, extent: torch.Tensor | None = None) -> torch.Tensor:
     """(n, H, W) mask logits -> (n, num_points, 2) coords: the `importance` share are the most
     uncertain (|logit| smallest) of `oversample * num_points` random candidates, the rest uniform.
     `extent` (n, 2): every point (candidates and the uniform rest) lies in [0, extent) (`real_extent`
-    of the batch's padding mask). `valid` (n, h, w) bool at any resolution: candidates outside it are
-    never among the uncertain ones while enough real candidates exist."""
+    of the batch's padding mask)."""
     n = logits.shape[0]
     cand = random_points(n, int(num_points * oversample), logits.device, generator, extent)
     uncertainty = -point_sample(logits.detach(), cand).abs()  # (n, M)
-    if valid is not None:
-        real = point_sample(valid.to(logits.device), cand) > 0.5  # (n, M)
-        uncertainty = uncertainty.masked_fill(~real, float("-inf"))
     k = int(importance * num_points)
     top = uncertainty.topk(k, dim=1).indices
     chosen = cand.gather(1, top[..., None].expand(-1, -1, 2))

@@ -153,7 +153,7 @@ def build_model(cfg: ModelConfig, class_names: list[str]) -> nn.Module:
 
 
 def paper_model_config(role: str) -> ModelConfig:
-    """The paper's full-size architectures (Sec. "Models" of METHOD.md)."""
+    """The paper's full-size architectures (Sec. "Models" of docs/method.md)."""
     if role == "student":  # DINOv2-S + DPT + light Mask2Former decoder: ~52M parameters
         return ModelConfig(kind="maskformer", encoder="dinov2", neck="dpt", preset="full",
                            pretrained="facebook/dinov2-small", hidden_dim=256, num_queries=100,

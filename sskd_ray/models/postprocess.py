@@ -15,7 +15,7 @@ Two selections from the same outputs, because they answer different questions:
 Both binarise masks at logit 0 after resampling to the image's original size (only the part of the
 logit map that covers the image's content when it was padded into a batch), and score an instance
 as class probability x mask quality (mean foreground probability inside the binary mask; the paper's
-"box score x mask quality", METHOD.md "Models").
+"box score x mask quality", docs/method.md "Models").
 """
 from __future__ import annotations
 

@@ -52,12 +52,6 @@ def resize_contents(images: torch.Tensor, sizes: list[tuple[int, int]], targets:
     return out, mask
 
 
-def boxes_to_pixels(boxes_xyxy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(..., 4) xyxy normalised to a content of `size` = (h, w) -> pixels of that content."""
-    h, w = size
-    return boxes_xyxy * boxes_xyxy.new_tensor([w, h, w, h])
-
-
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], -1)
 

@@ -1,4 +1,4 @@
-"""The unified objective (METHOD.md Eq. 3), one module for every stage:
+"""The unified objective (docs/method.md Eq. 3), one module for every stage:
 
     L = L_sup(labeled) + alpha * L_pl(pseudo-labeled) + lambda * L_con(weak vs strong, all images)
 

@@ -1,4 +1,4 @@
-"""The whole method (METHOD.md "The three stages") as one resumable pipeline.
+"""The whole method (docs/method.md "The three stages") as one resumable pipeline.
 
     data -> teacher fine-tune -> pseudo-label -> teacher self-train (re-init, + L_con) -> pseudo-label
          -> student distillation (full objective) -> student refinement (labeled only)

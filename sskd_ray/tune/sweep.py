@@ -1,4 +1,4 @@
-"""Ray Tune sweeps over the training stages (RAY_NOTES.md: a Tune *function* trainable that fits a
+"""Ray Tune sweeps over the training stages (docs/ray_notes.md: a Tune *function* trainable that fits a
 TorchTrainer; `Tuner(TorchTrainer)` no longer works).
 
 The sweep first makes the inputs its stages read, once, in `<run_dir>/base/` (the fine-tuned
