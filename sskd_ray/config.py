@@ -1,40 +1,53 @@
 """Typed configuration: dataclasses with defaults in code, YAML overrides, dotted `a.b=c` overrides.
 
-Unknown keys and wrong types fail fast with the dotted key in the message. The resolved config is
-saved next to the outputs (`save_config`) and flattened for MLflow params (`flatten_config`).
+The dataclasses are the schema: each field's type says what it accepts, a `Literal` lists its
+allowed values and `Annotated[..., Field(...)]` its range. `load_config` merges the YAML files and
+overrides onto the defaults and validates the result once, with pydantic in strict mode: an unknown
+key, a wrong type, a value outside its choices or range fails fast, naming the dotted key. Pydantic
+is used because it reads all of that from the dataclasses' own annotations (OmegaConf's structured
+configs cannot express `Literal` choices or ranges). The resolved config is saved next to the
+outputs (`save_config`) and flattened for MLflow params (`flatten_config`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
+from pydantic import ConfigDict, Field, with_config
 
 from sskd_ray import storage
 from sskd_ray.redaction import redact
 
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 3e-4, 1E5: floats YAML 1.1 leaves as strings
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+# unknown keys are errors, in YAML files and dotted overrides alike
+schema = with_config(ConfigDict(extra="forbid"))
 
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or an invalid value."""
 
 
+@schema
 @dataclass
 class DataConfig:
     # "builtin" generates the fashion-scenes benchmark into <run_dir>/data; "coco" reads the paths below.
-    source: str = "builtin"
+    source: Literal["builtin", "coco"] = "builtin"
     train_json: str = ""
     train_images: str = ""
     val_json: str = ""
     val_images: str = ""
-    labeled_fraction: float = 0.1
+    labeled_fraction: Fraction = 0.1
     split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
     seed: int = 0
     builtin_train_images: int = 600
@@ -50,20 +63,23 @@ class DataConfig:
     # 128-px scenes at 128). Training: short side train_short_side x U(scale_jitter), then a random
     # crop_size [h, w] crop (padded where the scaled image is smaller). Evaluation, labeling and
     # predict: short side eval_short_side, long side at most eval_max_side (0: no cap).
-    train_short_side: int = 0
-    scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    crop_size: list[int] = field(default_factory=list)
-    eval_short_side: int = 0
-    eval_max_side: int = 0
+    train_short_side: NonNegative = 0
+    scale_jitter: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=2, max_length=2)] = field(
+        default_factory=lambda: [1.0, 1.0])  # [lo, hi], lo <= hi
+    crop_size: Annotated[list[Positive], Field(max_length=2)] = field(default_factory=list)  # [h, w] or []
+    eval_short_side: NonNegative = 0
+    eval_max_side: NonNegative = 0
 
 
+@schema
 @dataclass
 class ModelConfig:
     """One instance-segmentation model. `encoder` picks the backbone; the rest are plain numbers."""
-    kind: str = "maskformer"  # maskformer | gdino_sam2
-    encoder: str = "efficientnet_lite0"  # dinov2 | resnet50 | sam2_hiera | efficientnet_lite0 | efficientnet_lite2
-    neck: str = "fpn"  # fpn | dpt
-    preset: str = "builtin"  # full | builtin | tiny
+    kind: Literal["maskformer", "gdino_sam2"] = "maskformer"
+    encoder: Literal["dinov2", "resnet50", "sam2_hiera", "efficientnet_lite0", "efficientnet_lite1",
+                     "efficientnet_lite2"] = "efficientnet_lite0"
+    neck: Literal["fpn", "dpt"] = "fpn"
+    preset: Literal["full", "builtin", "tiny"] = "builtin"
     # hub id / local dir; "builtin" = shipped ImageNet weights; "source" = the built-in maskformer teacher
     # pretrained on the built-in source domain (assets/teacher_source.pt); "" = random
     pretrained: str = "builtin"
@@ -78,7 +94,7 @@ class ModelConfig:
     # gdino_sam2 teacher only
     detector: str = "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg"
     segmenter: str = "facebook/sam2.1-hiera-large"
-    detector_kind: str = ""  # "" = from the checkpoint's config.json | grounding-dino | mm-grounding-dino
+    detector_kind: Literal["", "grounding-dino", "mm-grounding-dino"] = ""  # "": from the checkpoint's config.json
     freeze_text_encoder: bool = True  # keep the detector's BERT text encoder (110M) frozen
     # recompute the detector's encoder / decoder layers in backward (activation memory of the teacher
     # stages at full size: see docs/benchmarks.md "paper_shape")
@@ -88,7 +104,7 @@ class ModelConfig:
     max_text_len: int = 0  # tokens per prompt chunk; 0 = the detector's own (256 released)
     # transformers (Sam2Model; `segmenter` a hub id / dir) | sam2 (Meta's package, extra [sam2]; `segmenter`
     # "<config>:<checkpoint.pt>", e.g. "sam2.1_hiera_l:/ckpt/sam2.1_hiera_large.pt")
-    segmenter_backend: str = "transformers"
+    segmenter_backend: Literal["transformers", "sam2"] = "transformers"
     # parameter-name prefixes kept frozen in training, e.g. ["encoder"] or, for the VFM teacher,
     # ["detector.model.backbone", "segmenter.vision_encoder"]; a prefix matching nothing is an error
     freeze: list[str] = field(default_factory=list)
@@ -97,6 +113,7 @@ class ModelConfig:
     frozen_batchnorm: bool = False
 
 
+@schema
 @dataclass
 class LossConfig:
     class_weight: float = 2.0
@@ -109,35 +126,43 @@ class LossConfig:
     pseudo_label_weight: float = 1.0  # alpha
     contrastive_weight: float = 0.2  # lambda
     num_negatives: int = 256  # K
-    temperature: float = 0.1  # tau
-    sampler: str = "fusion"  # uniform | mask | class | fusion
+    temperature: Annotated[float, Field(gt=0.0)] = 0.1  # tau
+    sampler: Literal["uniform", "mask", "class", "fusion"] = "fusion"
     score_power: float = 1.0  # d, d^2 (2.0), sqrt(d) (0.5)
-    negative_scope: str = "batch"  # batch | memory_bank
+    negative_scope: Literal["batch", "memory_bank"] = "batch"
     memory_bank_size: int = 10000
-    loss_form: str = "infonce"  # infonce | hinge
+    loss_form: Literal["infonce", "hinge"] = "infonce"
     margin: float = 0.2
     max_anchors: int = 4096  # anchors per step (subsampled uniformly when more)
 
 
+@schema
 @dataclass
 class StageConfig:
-    iterations: int = 200
-    batch_size: int = 8
+    iterations: Positive = 200
+    batch_size: Positive = 8
     lr: float = 1e-4
     backbone_lr_mult: float = 0.1
     weight_decay: float = 0.05
-    schedule: str = "poly"  # poly | multistep
+    schedule: Literal["poly", "multistep"] = "poly"
     grad_clip: float = 0.1  # 0 disables
     use_pseudo_labels: bool = False
     use_contrastive: bool = False
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 50
-    num_workers: int = 1
-    cpus_per_worker: int = 2  # Ray CPUs per training worker; also its torch thread count
+    num_workers: Positive = 1
+    cpus_per_worker: Positive = 2  # Ray CPUs per training worker; also its torch thread count
     use_gpu: bool = False
     max_failures: int = 2
+    # with use_pseudo_labels: the share of each batch drawn from the pseudo-labeled pool (at least one
+    # image, at most all but one)
+    pseudo_share: Fraction = 0.5
+    prefetch: NonNegative = 2  # batches drawn ahead on a thread while the step runs; 0: in the loop
+    amp: bool = True  # bf16 autocast on GPU workers (CPU workers always run fp32)
+    log_every: NonNegative = 0  # iterations per logged row; 0: iterations / 20, between 1 and 10
 
 
+@schema
 @dataclass
 class StagesConfig:
     teacher_finetune: StageConfig = field(default_factory=lambda: StageConfig(
@@ -150,6 +175,7 @@ class StagesConfig:
     refine: StageConfig = field(default_factory=lambda: StageConfig(iterations=100, batch_size=8, lr=1e-4))
 
 
+@schema
 @dataclass
 class LabelConfig:
     score_threshold: float = 0.3  # on the fused score, class probability x mask quality (the paper's)
@@ -168,12 +194,14 @@ class LabelConfig:
     top_k: int = 20  # at most this many pseudo-labels (predictions) per image, highest score first
 
 
+@schema
 @dataclass
 class TrackingConfig:
     uri: str = ""  # "" -> $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
     experiment: str = "sskd-ray"
 
 
+@schema
 @dataclass
 class Config:
     run_dir: str = ""
@@ -189,56 +217,19 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+def _yaml_loader() -> type:
+    """YAML 1.1 reads `3e-4` (no dot) as a string; this loader reads it as the float people mean,
+    with YAML 1.2's float pattern."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                 list("-+0123456789."))
+    return Loader
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
-    if origin in (list, typing.List):
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        return float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string; it is the float people mean
-    if tp is type(None) and value is None:
-        return None
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
-    return value
-
-
-def _build(cls: type, values: dict, prefix: str = "", base: Any = None) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in names:
-            full = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
-    obj = base if base is not None else cls()
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else key
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _build(type(current), value, full, base=current)
-        else:
-            setattr(obj, key, _coerce(value, hints[key], full))
-    return obj
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -246,86 +237,74 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), read_yaml(raw) if raw.strip() else ""
+
+
+def _merge(into: dict, values: dict) -> None:
+    """Nested dicts merge key by key (a YAML file overrides what it names); anything else replaces."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _nest(key: str, value: Any) -> dict:
-    out: dict = {}
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+@functools.cache
+def _validator() -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(Config)
+
+
+def _message(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "unexpected_keyword_argument":
+        section = Config
+        for part in error["loc"][:-1]:
+            section = typing.get_type_hints(section)[part]
+        known = ", ".join(f.name for f in dataclasses.fields(section))
+        return f"unknown config key '{key}' (known: {known})"
+    return f"{key}: {error['msg']} (got {error['input']!r})"
+
+
+def _validate(values: dict) -> Config:
+    try:  # JSON mode: strict types, and nested sections given as mappings
+        cfg = _validator().validate_json(json.dumps(values, default=str), strict=True)
+    except pydantic.ValidationError as err:
+        raise ConfigError("; ".join(_message(e) for e in err.errors())) from None
+    d = cfg.data
+    if d.scale_jitter[0] > d.scale_jitter[1]:
+        raise ConfigError(f"data.scale_jitter: {d.scale_jitter} is not [lo, hi] with lo <= hi")
+    if len(d.crop_size) == 1:
+        raise ConfigError(f"data.crop_size: {d.crop_size} is not [h, w] (or [] for square crops)")
+    if d.source == "coco" and not (d.train_json and d.val_json):
+        raise ConfigError("data.source=coco needs data.train_json and data.val_json")
+    return cfg
 
 
 def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then each YAML file in order (overrides only), then each dotted override in order."""
-    cfg = Config()
+    values = config_to_dict(Config())
     for file in ([path] if isinstance(path, (str, Path)) else list(path or [])):
         if not file:
             continue
         if not storage.is_file(file):
             raise ConfigError(f"config file not found: {file}")
-        values = yaml.safe_load(storage.read_text(file)) or {}
-        if not isinstance(values, dict):
+        loaded = read_yaml(storage.read_text(file)) or {}
+        if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping")
-        _build(Config, values, base=cfg)
+        _merge(values, loaded)
     for text in overrides:
-        key, value = parse_override(text)
-        _build(Config, _nest(key, value), base=cfg)
-    validate_config(cfg)
-    return cfg
-
-
-_CHOICES = {
-    "data.source": ("builtin", "coco"),
-    "loss.sampler": ("uniform", "mask", "class", "fusion"),
-    "loss.negative_scope": ("batch", "memory_bank"),
-    "loss.loss_form": ("infonce", "hinge"),
-}
-
-
-def validate_config(cfg: Config) -> None:
-    flat = flatten_config(cfg)
-    for key, allowed in _CHOICES.items():
-        if flat[key] not in allowed:
-            raise ConfigError(f"{key}: {flat[key]!r} is not one of {allowed}")
-    for name in ("teacher", "student"):
-        model = getattr(cfg, name)
-        if model.kind not in ("maskformer", "gdino_sam2"):
-            raise ConfigError(f"{name}.kind: {model.kind!r} is not one of ('maskformer', 'gdino_sam2')")
-        if model.preset not in ("full", "builtin", "tiny"):
-            raise ConfigError(f"{name}.preset: {model.preset!r} is not one of ('full', 'builtin', 'tiny')")
-    for stage_name in ("teacher_finetune", "teacher_selftrain", "distill", "refine"):
-        stage = getattr(cfg.stages, stage_name)
-        if stage.schedule not in ("poly", "multistep"):
-            raise ConfigError(f"stages.{stage_name}.schedule: {stage.schedule!r} is not poly or multistep")
-        if stage.iterations < 1 or stage.batch_size < 1 or stage.num_workers < 1 or stage.cpus_per_worker < 1:
-            raise ConfigError(f"stages.{stage_name}: iterations, batch_size, num_workers and cpus_per_worker must be >= 1")
-    if not 0.0 < cfg.data.labeled_fraction <= 1.0:
-        raise ConfigError(f"data.labeled_fraction: {cfg.data.labeled_fraction} is not in (0, 1]")
-    d = cfg.data
-    if len(d.scale_jitter) != 2 or not 0 < d.scale_jitter[0] <= d.scale_jitter[1]:
-        raise ConfigError(f"data.scale_jitter: {d.scale_jitter} is not [lo, hi] with 0 < lo <= hi")
-    if d.crop_size and (len(d.crop_size) != 2 or min(d.crop_size) < 1):
-        raise ConfigError(f"data.crop_size: {d.crop_size} is not [h, w] with positive sides (or [] for square)")
-    if min(d.train_short_side, d.eval_short_side, d.eval_max_side) < 0:
-        raise ConfigError("data.train_short_side, eval_short_side and eval_max_side must be >= 0")
-    if cfg.loss.temperature <= 0:
-        raise ConfigError("loss.temperature must be > 0")
-    if cfg.data.source == "coco" and not (cfg.data.train_json and cfg.data.val_json):
-        raise ConfigError("data.source=coco needs data.train_json and data.val_json")
+        _merge(values, _nest(*parse_override(text)))
+    return _validate(values)
 
 
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def config_from_dict(values: dict) -> Config:
-    cfg = _build(Config, values, base=Config())
-    validate_config(cfg)
-    return cfg
 
 
 def flatten_config(cfg: Any) -> dict[str, Any]:
@@ -352,7 +331,5 @@ def save_config(cfg: Config, path: str | Path) -> str:
 
 def config_digest(cfg: Any) -> str:
     """Short stable hash of a (sub)config, for naming things derived from it."""
-    import hashlib
-
     text = json.dumps(config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,10 +1,8 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
-from sskd_ray.config import (Config, ConfigError, config_from_dict, config_to_dict, flatten_config,
-                             load_config, save_config)
+from sskd_ray.config import Config, ConfigError, config_to_dict, flatten_config, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +48,17 @@ def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
     ("stages.distill.iterations=true", "stages.distill.iterations"),
     ("loss.sampler=random", "loss.sampler"),
     ("nothing=1", "nothing"),
+    ("student.neck=unet", "student.neck"),  # allowed values come from the field's Literal type
+    ("teacher.kind=sam3", "teacher.kind"),
+    ("stages.refine.schedule=cosine", "stages.refine.schedule"),
+    ("data.labeled_fraction=0", "data.labeled_fraction"),  # ranges from its Annotated Field
+    ("loss.temperature=0", "loss.temperature"),
+    ("stages.distill.pseudo_share=1.5", "stages.distill.pseudo_share"),
+    ("stages.distill.batch_size=0", "stages.distill.batch_size"),
+    ("stages.distill.use_gpu=1", "stages.distill.use_gpu"),  # strict: an int is not a bool
+    ("data.crop_size=[64, 64, 3]", "data.crop_size"),
+    ("data.scale_jitter=[2.0, 0.5]", "data.scale_jitter"),  # lo > hi: the one check across fields
+    ("loss=3", "loss"),  # a section replaced by a scalar
 ])
 def test_bad_keys_and_types_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -63,10 +72,28 @@ def test_unknown_key_in_yaml_names_full_key(tmp_path):
         load_config(path)
 
 
+def test_every_error_is_reported_with_its_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["loss.sampler=random", "stages.distill.iterations=-1"])
+    assert "loss.sampler" in str(err.value) and "stages.distill.iterations" in str(err.value)
+    assert "'uniform'" in str(err.value)  # the allowed values are named
+
+
+def test_unknown_key_lists_the_known_keys_of_its_section():
+    with pytest.raises(ConfigError, match=r"unknown config key 'stages\.distill\.lr_scale' \(known: .*backbone_lr_mult"):
+        load_config(None, ["stages.distill.lr_scale=2"])
+
+
+def test_partial_section_keeps_the_other_defaults_of_that_section(tmp_path):
+    # teacher's defaults differ from ModelConfig()'s: an override of one key keeps the rest of them
+    cfg = load_config(None, ["teacher.image_size=96"])
+    assert cfg.teacher.image_size == 96 and cfg.teacher.encoder == Config().teacher.encoder == "efficientnet_lite2"
+
+
 def test_round_trip_and_flatten(tmp_path):
     cfg = load_config(None, ["seed=3"])
     saved = save_config(cfg, tmp_path / "resolved.yaml")
-    again = config_from_dict(yaml.safe_load(Path(saved).read_text()))
+    again = load_config(saved)
     assert config_to_dict(again) == config_to_dict(cfg)
     flat = flatten_config(cfg)
     assert flat["seed"] == 3 and flat["stages.distill.batch_size"] == 8

@@ -94,9 +94,8 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
     if cfg.encoder.startswith("efficientnet_lite"):
         encoder = EfficientNetEncoder(cfg.encoder, pretrained=cfg.pretrained == "builtin" and cfg.preset != "tiny")
     else:
+        # the allowed names are ModelConfig.encoder's type (validated with the config)
         builders = {"dinov2": build_dinov2_encoder, "resnet50": build_resnet_encoder, "sam2_hiera": build_hiera_encoder}
-        if cfg.encoder not in builders:
-            raise ValueError(f"encoder '{cfg.encoder}' is not one of {sorted(builders) + ['efficientnet_lite0/1/2']}")
         encoder = builders[cfg.encoder](cfg)
     if cfg.frozen_batchnorm:
         # a few images per GPU give BatchNorm statistics too noisy to train on (detectron2's default for
@@ -106,12 +105,10 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
 
 
 def build_neck(cfg: ModelConfig, in_channels: list[int]) -> nn.Module:
-    if cfg.neck == "fpn":
-        return FPN(in_channels, cfg.hidden_dim)
     if cfg.neck == "dpt":
         width = cfg.hidden_dim
         return DPT(in_channels, cfg.hidden_dim, [width // 4, width // 2, width, width])
-    raise ValueError(f"neck '{cfg.neck}' is not one of ['fpn', 'dpt']")
+    return FPN(in_channels, cfg.hidden_dim)
 
 
 def build_maskformer(cfg: ModelConfig, num_classes: int) -> MaskFormerModel:
@@ -143,13 +140,12 @@ def load_source_weights(model: nn.Module, path: Path) -> None:
 
 def build_model(cfg: ModelConfig, class_names: list[str]) -> nn.Module:
     """The one entry point the pipeline uses, for teacher and student alike."""
-    if cfg.kind == "maskformer":
-        return build_maskformer(cfg, len(class_names))
     if cfg.kind == "gdino_sam2":
+        # transformers' Grounding-DINO takes seconds to import: only a VFM teacher pays for it
         from sskd_ray.models.teacher import build_grounding_sam_teacher
 
         return build_grounding_sam_teacher(cfg, class_names)
-    raise ValueError(f"model kind '{cfg.kind}' is not one of ['maskformer', 'gdino_sam2']")
+    return build_maskformer(cfg, len(class_names))
 
 
 def paper_model_config(role: str) -> ModelConfig:
