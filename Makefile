@@ -36,9 +36,9 @@ test-gpu: $(STAMP)
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m gpu -rs $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/contrastive_memory.py
-	$(PY) bench/efficiency.py --presets builtin
-	$(PY) bench/pseudo_label_throughput.py --images 480 --per-shard 16
+	$(PY) -m bench.contrastive_memory
+	$(PY) -m bench.efficiency --presets builtin
+	$(PY) -m bench.pseudo_label_throughput --images 480 --per-shard 16
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

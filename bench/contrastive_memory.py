@@ -1,6 +1,6 @@
 """Time and peak memory of negative sampling + InfoNCE forward/backward: new vs old vs naive vs a dense matmul.
 
-    python bench/contrastive_memory.py [--sizes 4096 16384 65536] [--negatives 256] [--dim 128] [--modes-at 16384]
+    python -m bench.contrastive_memory [--sizes 4096 16384 65536] [--negatives 256] [--dim 128] [--modes-at 16384]
 
 One run, side by side, per P (anchors = candidates = the pixels of one P-pixel map, sampling
 embedding from `sampling_embedding` of smooth random mask logits, N = 100 queries, C = 10 classes):
@@ -20,29 +20,24 @@ to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import write_section  # noqa: E402
-
-from sskd_ray.losses.contrastive import contrastive_loss, info_nce, sample_negatives, sampling_embedding  # noqa: E402
+from bench.benchmarks_doc import write_section
+from bench.old_code import REPO, load_old_module
+from sskd_ray.losses.contrastive import contrastive_loss, info_nce, sample_negatives, sampling_embedding
 
 NUM_QUERIES, NUM_CLASSES, TAU, BANK = 100, 10, 0.1, 10_000
-OLD_COMMIT = "5fce3a9"
+OLD_COMMIT, OLD_PATH = "5fce3a9", "sskd_ray/losses/contrastive.py"
 NOTES = ("Reading: the new path computes S ~ 1.15 K / acceptance similarities per anchor ('columns per anchor': "
          "the block's shared proposals), one E-wide matmul column for acceptance and four D-wide ones in the loss "
          "(forward, the backward's recomputation and its two matmuls), plus elementwise work over the (block, S) "
@@ -55,18 +50,6 @@ NOTES = ("Reading: the new path computes S ~ 1.15 K / acceptance similarities pe
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def load_old():
-    """The previous implementation, from git history, as a module."""
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:sskd_ray/losses/contrastive.py"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"contrastive_{OLD_COMMIT}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_inputs(p: int, d: int, mode: str) -> dict:
@@ -91,7 +74,7 @@ def step(impl: str, k: int, mode: str, x: dict, old=None) -> dict:
     if impl == "new":
         uniform = mode == "uniform"
         loss, plan = contrastive_loss(weak, strong, pool, None if uniform else x["qhat"], None if uniform else x["qpool"],
-                                      k, TAU, exclude=torch.arange(len(weak)) if uniform else None)
+                                      k, temperature=TAU, exclude=torch.arange(len(weak)) if uniform else None)
         loss.backward()
         return {"columns_per_anchor": plan.columns_per_anchor()}
     if impl == "new_index":
@@ -115,7 +98,7 @@ def run_case(p: int, k: int, d: int, impl: str, mode: str) -> dict:
     x = make_inputs(p, d, mode)
     if impl == "dense":
         x["negatives"] = F.normalize(torch.randn(k, d), dim=1).requires_grad_()
-    old = load_old() if impl == "old" else None
+    old = load_old_module(OLD_COMMIT, OLD_PATH) if impl == "old" else None
     base = _rss_mb()
     repeats = {"new": 3, "new_index": 3, "dense": 5}.get(impl, 1)
     if repeats > 1:
@@ -133,8 +116,8 @@ def run_case(p: int, k: int, d: int, impl: str, mode: str) -> dict:
 
 
 def _run(p: int, impl: str, mode: str, args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--case", f"{p}:{impl}:{mode}", "--negatives", str(args.negatives),
-                          "--dim", str(args.dim)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "bench.contrastive_memory", "--case", f"{p}:{impl}:{mode}", "--negatives", str(args.negatives),
+                          "--dim", str(args.dim)], cwd=REPO, capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     print(row, flush=True)
     return row
@@ -187,7 +170,7 @@ def main() -> None:
         rows.append(_run(args.modes_at, "dense", "fusion", args))
     for mode in ("mask", "class", "uniform", "bank"):
         rows.append(_run(args.modes_at, "new", mode, args))
-    lines = [f"Command: `python bench/contrastive_memory.py --sizes {' '.join(map(str, args.sizes))}` "
+    lines = [f"Command: `python -m bench.contrastive_memory --sizes {' '.join(map(str, args.sizes))}` "
              f"(K = {args.negatives}, D = {args.dim}, E = {NUM_QUERIES + NUM_CLASSES}; {platform.processor() or platform.machine()}, "
              f"CPU, {torch.get_num_threads()} torch threads). Seconds are sampling + InfoNCE forward + backward; peak MB "
              "is the peak RSS above the baseline with the inputs built; 'columns per anchor' is how many similarities "

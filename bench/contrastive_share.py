@@ -1,6 +1,6 @@
 """Share of L_con (sampling + loss forward + its backward) in one student training step.
 
-    python bench/contrastive_share.py [--config configs/default.yaml] [--steps 5] [--paper-steps 2]
+    python -m bench.contrastive_share [--config configs/default.yaml] [--steps 5] [--paper-steps 2]
 
 Builds the student with `build_model` and the training `Objective`, draws real batches of the
 built-in dataset at the config's image size and batch, and times full steps (forward, backward,
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -25,16 +24,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import write_section  # noqa: E402
-from contrastive_memory import load_old  # noqa: E402
+from bench.benchmarks_doc import write_section
+from bench.old_code import load_old_module
 
-import sskd_ray.train.objective as objective_module  # noqa: E402
-from sskd_ray.config import load_config  # noqa: E402
-from sskd_ray.data.builtin import CLASS_NAMES, build_builtin_dataset  # noqa: E402
-from sskd_ray.models.build import build_model  # noqa: E402
-from sskd_ray.train.data import build_training_set, draw_batch  # noqa: E402
-from sskd_ray.train.objective import Objective  # noqa: E402
+import sskd_ray.train.objective as objective_module
+from sskd_ray.config import load_config
+from sskd_ray.data.builtin import CLASS_NAMES, build_builtin_dataset
+from sskd_ray.models.build import build_model
+from sskd_ray.train.data import build_training_set, draw_batch
+from sskd_ray.train.objective import Objective
 
 REPO = Path(__file__).resolve().parents[1]
 NOTES = ("Reading: 'L_con s' per step varies with the batch at the paper config: with random weights the student's "
@@ -107,7 +105,8 @@ def measure(name: str, model_cfg, loss_cfg, batch_size: int, image_size: int, st
     print(f"[{name}] {model_cfg.encoder}+{model_cfg.neck}, {image_size} px, batch {batch_size}, "
           f"K {loss_cfg.num_negatives}, max_anchors {loss_cfg.max_anchors}", flush=True)
     rows = []
-    for label, use_con, old in (("new L_con", True, None), ("old L_con (5fce3a9)", True, load_old()),
+    old_code = load_old_module("5fce3a9", "sskd_ray/losses/contrastive.py")
+    for label, use_con, old in (("new L_con", True, None), ("old L_con (5fce3a9)", True, old_code),
                                 ("no L_con", False, None)):
         with implementation(old):
             r = time_steps(model_cfg, loss_cfg, batches, use_con, steps)
@@ -136,7 +135,7 @@ def main() -> None:
             student = replace(paper.student, pretrained="")  # random weights: no download
             # the built-in scenes, upscaled by the training set's loader to the student's 518 px
             lines += measure("paper", student, paper.loss, 1, student.image_size, args.paper_steps, data)
-    head = [f"Command: `python bench/contrastive_share.py --steps {args.steps} --paper-steps {args.paper_steps}` "
+    head = [f"Command: `python -m bench.contrastive_share --steps {args.steps} --paper-steps {args.paper_steps}` "
             f"(CPU, 2 torch threads; medians over the steps after one warm-up; the objective as in objective.py, "
             "L_con timed by SectionTimer around `_contrastive`, its backward included). 'no L_con' also skips the "
             "strong view's forward and backward, which L_con needs.", ""]

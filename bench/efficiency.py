@@ -1,6 +1,6 @@
 """Student vs teacher efficiency (parameters, FLOPs, latency), written to docs/benchmarks.md.
 
-    python bench/efficiency.py [--presets builtin full] [--runs 3] [--device cpu|cuda]
+    python -m bench.efficiency [--presets builtin full] [--runs 3] [--device cpu|cuda]
 
 `full` is the paper's pair with random weights (no download; the teacher needs ~8 GB RAM and
 minutes on CPU); `builtin` is the demo's EfficientNet-Lite pair at the demo's sizes.
@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import write_section  # noqa: E402
-
-from sskd_ray.config import load_config  # noqa: E402
-from sskd_ray.data.builtin import CLASS_NAMES  # noqa: E402
-from sskd_ray.eval.efficiency import efficiency_report, preset_model_config  # noqa: E402
-from sskd_ray.models.build import build_model  # noqa: E402
+from bench.benchmarks_doc import write_section
+from sskd_ray.config import load_config
+from sskd_ray.data.builtin import CLASS_NAMES
+from sskd_ray.eval.efficiency import efficiency_report, preset_model_config
+from sskd_ray.models.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +38,7 @@ def main() -> None:
                 r = efficiency_report(model, (cfg.image_size, cfg.image_size), runs=args.runs)
             rows.append((preset, role, cfg, r))
             print(preset, role, r)
-    lines = [f"Command: `python bench/efficiency.py --presets {' '.join(args.presets)} --runs {args.runs}` "
+    lines = [f"Command: `python -m bench.efficiency --presets {' '.join(args.presets)} --runs {args.runs}` "
              f"({args.device}, {torch.get_num_threads()} threads, {platform.machine()}; batch 1, median of "
              f"{args.runs} runs after one warm-up).", "",
              "| preset | model | input | parameters | GFLOPs | latency |", "|---|---|---|---:|---:|---:|"]

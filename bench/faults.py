@@ -1,7 +1,7 @@
 """Issue 22 (6b): a 2-worker DDP stage across 2 Ray nodes, one node removed after a checkpoint and a
 node added back: the stage resumes from that checkpoint and finishes.
 
-    python bench/faults.py [--iterations 300] [--json OUT]      (~90 s on 2 cores: too long for the suite)
+    python -m bench.faults [--iterations 300] [--json OUT]      (~90 s on 2 cores: too long for the suite)
 
 Several nodes on one machine with `ray.cluster_utils.Cluster`, the way Ray's own tests simulate a
 cluster (head with 0 CPUs, two worker nodes of 1 CPU each: one training worker per node). Prints

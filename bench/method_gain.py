@@ -1,8 +1,8 @@
 """The method's gain on the built-in benchmark, over seeds: the demo pipeline once per seed, every
 stage's mask AP / AP50 as mean +- std, the issue's goals checked seed by seed.
 
-    python bench/method_gain.py --seeds 0 1 2 [--out runs/method_gain] [--config configs/default.yaml] [key=value ...]
-    python bench/method_gain.py --seeds 0 1 2 --report-only   # tables and plot again, nothing re-run
+    python -m bench.method_gain --seeds 0 1 2 [--out runs/method_gain] [--config configs/default.yaml] [key=value ...]
+    python -m bench.method_gain --seeds 0 1 2 --report-only   # tables and plot again, nothing re-run
 
 Each seed is `jobs/full_pipeline.py --config <config> --run-dir <out>/seed<s> seed=<s>` (the data and
 its labeled split stay the same; the seed changes every random draw of training and labeling).
@@ -26,13 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.benchmarks_doc import write_section
+from sskd_ray.eval.plots import pyplot, save_figure
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _docs import write_section  # noqa: E402
-from sskd_ray.eval.plots import pyplot, save_figure  # noqa: E402
-
 STAGES = (("teacher_initial", "teacher/initial", "teacher before adaptation (zero-shot)"),
           ("teacher_finetune", "teacher/finetune", "teacher fine-tuned on labeled"),
           ("teacher_selftrain", "teacher/selftrain", "teacher adapted (self-trained + L_con)"),
@@ -154,7 +151,7 @@ def main() -> None:
     per_seed = {s: read_seed(out / f"seed{s}") for s in args.seeds}
     text = tables(per_seed)
     figure = plot(per_seed, out / "method_gain.png")
-    command = " ".join(["python bench/method_gain.py --seeds", *map(str, args.seeds), *args.overrides])
+    command = " ".join(["python -m bench.method_gain --seeds", *map(str, args.seeds), *args.overrides])
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     result = {"command": command, "machine": machine, "wall_s": {str(s): round(w, 1) for s, w in walls.items()},
               "per_seed": {str(s): v for s, v in per_seed.items()}}

@@ -3,7 +3,7 @@ full-size models (mm-Grounding-DINO-L + SAM2.1-L teacher, DINOv2-S + DPT student
 images, batch 1, a couple of iterations per stage. It proves the users' path runs (every stage, at
 the real sizes) and measures wall time and peak memory per stage; it does not measure accuracy.
 
-    python bench/paper_shape.py [--images 6] [--iterations 2] [--out runs/paper_shape] [--config configs/cityscapes_10pct.yaml]
+    python -m bench.paper_shape [--images 6] [--iterations 2] [--out runs/paper_shape] [--config configs/cityscapes_10pct.yaml]
 
 Re-running with the same --out resumes the pipeline: steps a previous invocation finished are skipped
 and their rows kept from its result file (marked "earlier run"); the peak and wall of this invocation
@@ -29,15 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.benchmarks_doc import write_section
+from sskd_ray.data.builtin import categories, load_assets, render_scene
+from sskd_ray.data.coco import encode_rle, mask_to_bbox, write_coco
+from sskd_ray.data.splits import write_split_file
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _docs import write_section  # noqa: E402
-from sskd_ray.data.builtin import categories, load_assets, render_scene  # noqa: E402
-from sskd_ray.data.coco import encode_rle, mask_to_bbox, write_coco  # noqa: E402
-from sskd_ray.data.splits import write_split_file  # noqa: E402
-
 STAGE_FOLDERS = {"teacher before adaptation": "teacher/initial", "teacher_finetune": "teacher/finetune",
                  "label (fine-tuned teacher)": "pseudo/finetune", "teacher_selftrain": "teacher/selftrain",
                  "label (adapted teacher)": "pseudo/adapted", "distill": "student/distill",
@@ -169,7 +166,7 @@ def main() -> None:
     for name, (start, end) in stage_windows(run_dir, began).items():
         inside = [mb for t, mb in sampler.samples if start <= t <= end] or [baseline]
         rows.append({"step": name, "seconds": round(end - start, 1), "peak_used_gb": round((max(inside) - baseline) / 1024, 2)})
-    result = {"command": " ".join(["python bench/paper_shape.py", f"--images {args.images}",
+    result = {"command": " ".join(["python -m bench.paper_shape", f"--images {args.images}",
                                    f"--iterations {args.iterations}"]),
               "returncode": proc.returncode, "wall_s": round(wall, 1), "machine": f"{platform.machine()}, "
               f"{os.cpu_count()} cores, {round(int(Path('/proc/meminfo').read_text().split()[1]) / 2**20)} GiB",

@@ -2,7 +2,7 @@
 (the label path before issue 17) vs one class per query + mask NMS at several `label.nms_iou`.
 
     python jobs/full_pipeline.py --run-dir runs/sel --stage teacher_finetune
-    python bench/pseudo_label_selection.py --run-dir runs/sel [--teacher teacher/finetune/final]
+    python -m bench.pseudo_label_selection --run-dir runs/sel [--teacher teacher/finetune/final]
 
 The teacher runs once over the run's unlabeled pool; every selection reads the same outputs at the
 same 0.3 threshold on the fused score, and is measured against the pool's held-back ground truth
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from pathlib import Path
 
@@ -20,14 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sskd_ray import storage  # noqa: E402
-from sskd_ray.data.coco import load_coco  # noqa: E402
-from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple  # noqa: E402
-from sskd_ray.deploy.export import load_trained  # noqa: E402
-from sskd_ray.eval.pseudo_quality import pseudo_label_quality  # noqa: E402
-from sskd_ray.models.postprocess import instances_from_output, instances_to_coco, select_instances  # noqa: E402
+from sskd_ray import storage
+from sskd_ray.data.coco import load_coco
+from sskd_ray.data.resize import prepare_arrays, size_multiple
+from sskd_ray.models.checkpoint import load_trained
+from sskd_ray.eval.pseudo_quality import pseudo_label_quality
+from sskd_ray.models.postprocess import instances_from_output, instances_to_coco, select_instances
 
 THRESHOLD, CAP = 0.3, 20
 
@@ -49,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, card = load_trained(storage.join(args.run_dir, args.teacher))
-    short_side, max_side = inference_sizes(card)
+    short_side, max_side = card.inference.short_side, card.inference.max_side
     pool_json = storage.join(args.run_dir, "splits", "unlabeled.json")
     pool = load_coco(pool_json, check_files=False)
     chosen = selections(args.nms)
@@ -65,7 +63,7 @@ def main() -> None:
             for name, select in chosen.items():
                 found = select(out, [a.shape[:2] for a in arrays], content, tuple(batch.shape[-2:]))
                 for im, insts in zip(chunk, found):
-                    results[name] += instances_to_coco(insts, im["id"], card["category_ids"])
+                    results[name] += instances_to_coco(insts, im["id"], card.category_ids)
     print(f"{len(pool.images)} pool images, teacher {args.teacher}, {time.perf_counter() - start:.0f} s\n")
     print("| selection | per image | ground truth per image | precision | recall | mask AP | mask AP50 | "
           "class-agnostic AP |")

@@ -1,6 +1,6 @@
 """Images/s of Ray Data pseudo-labeling with 1 and 2 actors vs a plain in-process loop, one run.
 
-    python bench/pseudo_label_throughput.py [--images 96] [--per-shard 8] [--smoke]
+    python -m bench.pseudo_label_throughput [--images 96] [--per-shard 8] [--smoke]
 
 Same teacher (the built-in Lite2 teacher with its shipped weights; --smoke: tiny), same images
 (the built-in dataset), same per-shard code (TeacherPredictor.label_shard). Each actor uses 1 torch
@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -35,7 +32,7 @@ def main() -> None:
     import ray
     import torch
 
-    from _docs import write_section
+    from bench.benchmarks_doc import write_section
     from sskd_ray.config import Config, LabelConfig
     from sskd_ray.data.builtin import build_builtin_dataset
     from sskd_ray.label.pipeline import run_labeling
@@ -46,13 +43,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="plbench-"))
     data = Path(build_builtin_dataset(tmp / "data", num_train=args.images, num_val=1))
     images = list_images(str(data / "train.json"))
-    spec, teacher_id, size = resolve_teacher(Config(), "builtin", args.smoke)
+    teacher = resolve_teacher(Config(), "builtin", args.smoke)
+    teacher_id, size = teacher.id, teacher.card.inference.short_side
     cfg = LabelConfig(images_per_shard=args.per_shard, batch_size=8, torch_threads=1, score_threshold=0.3)
 
     def plain(threads: int, scratch: str, todo: list[dict]) -> tuple[float, float]:
         start = time.perf_counter()
-        predictor = TeacherPredictor(spec, str(tmp / scratch), teacher_id, size, cfg.score_threshold,
-                                     cfg.top_k, cfg.batch_size, cfg.max_image_pixels, torch_threads=threads)
+        predictor = TeacherPredictor(teacher, str(tmp / scratch), replace(cfg, torch_threads=threads))
         built = time.perf_counter() - start
         for i in range(0, len(todo), cfg.images_per_shard):  # the same shards Ray Data gets
             predictor.label_shard(f"shard-{scratch}-{i:06d}", todo[i:i + cfg.images_per_shard])
@@ -67,8 +64,7 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     for actors in (1, 2):
         start = time.perf_counter()
-        summary = run_labeling(images, tmp / f"ray{actors}", spec, teacher_id, size,
-                               LabelConfig(**{**cfg.__dict__, "num_actors": actors}))
+        summary = run_labeling(images, tmp / f"ray{actors}", teacher, replace(cfg, num_actors=actors))
         rows.append((f"Ray Data, {actors} actor(s) x 1 thread", actors, time.perf_counter() - start,
                      summary["run"]["actor_start_seconds"]))
     ray.shutdown()
@@ -77,7 +73,7 @@ def main() -> None:
     def rate(total: float, begin: float) -> float:
         return n / (total - begin)
 
-    lines = [f"Command: `python bench/pseudo_label_throughput.py --images {args.images} --per-shard {args.per_shard}"
+    lines = [f"Command: `python -m bench.pseudo_label_throughput --images {args.images} --per-shard {args.per_shard}"
              f"{' --smoke' if args.smoke else ''}` (teacher {teacher_id}, input {size}x{size}, "
              f"{os.cpu_count()} cores, {platform.machine()}; both sides warm; \"start\" = building the teacher "
              f"(plain) or starting the actors until the first shard begins (Ray Data)).",

@@ -1,6 +1,6 @@
 """Cost of planning a labeling run and of one training worker's store reads as the pool grows.
 
-    python bench/scale.py --rows 10000 100000 1000000 --json scale.json
+    python -m bench.scale --rows 10000 100000 1000000 --json scale.json
 
 For each size N: writes a synthetic user manifest (N rows: path, image_id, size) and a pseudo-label
 store (N rows, ~5 instances each, real COCO RLE strings of random blobs at 512x1024, shards of 64
@@ -30,14 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.benchmarks_doc import write_section
+from sskd_ray.data.coco import encode_rle
+from sskd_ray.data.pseudo_labels import shard_paths, write_shard
+from sskd_ray.data.store_reader import StoreShare
+from sskd_ray.label.manifest import plan_pending, write_manifest
 
-from bench._docs import write_section  # noqa: E402
-from sskd_ray.data.coco import encode_rle  # noqa: E402
-from sskd_ray.data.pseudo_labels import shard_paths, write_shard  # noqa: E402
-from sskd_ray.data.store_reader import StoreShare  # noqa: E402
-
-from sskd_ray.label.manifest import plan_pending, write_manifest  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HEIGHT, WIDTH, INSTANCES, CATEGORIES = 512, 1024, 5, list(range(1, 11))
 
@@ -138,7 +137,8 @@ def child_worker(store: str, world: int, steps: int, batch: int, seed: int = 0) 
 
 
 def _run_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.scale", "--child", *args], cwd=REPO, check=True,
+                         capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -156,7 +156,7 @@ def measure(rows: int, args, rles: list[str]) -> dict:
 
 
 def table(results: list[dict], args) -> str:
-    lines = [f"Command: `python bench/scale.py --rows {' '.join(str(r['rows']) for r in results)}` "
+    lines = [f"Command: `python -m bench.scale --rows {' '.join(str(r['rows']) for r in results)}` "
              f"(store: shards of {args.per_shard} rows, {INSTANCES} instances per row, RLE of random blobs at "
              f"{HEIGHT}x{WIDTH}; worker: rank 0 of {args.world}, {args.steps} steps x {args.batch} rows, RLE decoded; "
              f"each measurement in a fresh process, peak = its VmHWM; {platform.machine()}, 2 cores shared).",

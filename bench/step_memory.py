@@ -1,7 +1,7 @@
 """GPU memory of one training step per stage of a paper config, estimated on any machine: does the
 paper's setting fit the 24 GB card it was trained on?
 
-    python bench/step_memory.py [--config configs/cityscapes_10pct.yaml] [--instances 20] [--gpu-gb 24]
+    python -m bench.step_memory [--config configs/cityscapes_10pct.yaml] [--instances 20] [--gpu-gb 24]
 
 For each stage it builds the stage's model at full size with random weights (the same builders,
 freezing and objective as training), runs ONE forward of the objective on a synthetic batch of the
@@ -23,23 +23,19 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.benchmarks_doc import write_section
+from sskd_ray.config import load_config
+from sskd_ray.data.convert.cityscapes import THING_CLASSES
+from sskd_ray.models.build import build_model
+from sskd_ray.models.freeze import apply_freeze
+from sskd_ray.train.objective import Objective
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _docs import write_section  # noqa: E402
-from sskd_ray.config import load_config  # noqa: E402
-from sskd_ray.data.convert.cityscapes import THING_CLASSES  # noqa: E402
-from sskd_ray.models.build import build_model  # noqa: E402
-from sskd_ray.models.freeze import apply_freeze  # noqa: E402
-from sskd_ray.train.objective import Objective  # noqa: E402
-
 GB = 2 ** 30
 # (stage, model, labeled images, pseudo images, L_con, L_pl): one image per measurement (its weak and
 # strong view with L_con); labeled and pseudo-labeled images cost the same (the same loss on other targets)
@@ -136,7 +132,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if not args.no_doc:
         config = Path(args.config).resolve().relative_to(REPO) if Path(args.config).resolve().is_relative_to(REPO) else args.config
-        lines = [f"Command: `python bench/step_memory.py --config {config} --instances {args.instances}` "
+        lines = [f"Command: `python -m bench.step_memory --config {config} --instances {args.instances}` "
                  f"(random weights; estimate, not a GPU measurement: see the script's docstring).", "",
                  "| stage | model (M params / trainable) | crop | batch / worker | weights+grads+AdamW+DDP (GB) | "
                  "saved activations / image (GB) | estimate (GB) | x 1.2 (GB) | fits "

@@ -14,7 +14,7 @@ from sskd_ray.deploy.export import export_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a final/ folder: model.pt + teacher.json")
+    parser.add_argument("--checkpoint", required=True, help="a trained model folder, e.g. <run_dir>/student/final")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     card = export_model(args.checkpoint, args.out)

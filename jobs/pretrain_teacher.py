@@ -23,7 +23,6 @@ import dataclasses
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -32,15 +31,16 @@ from pathlib import Path
 import torch
 
 from sskd_ray import storage, tracking
-from sskd_ray.config import LossConfig, ModelConfig, StageConfig, load_config
+from sskd_ray.config import DataConfig, LossConfig, ModelConfig, StageConfig, load_config
 from sskd_ray.data.builtin import load_assets, write_split
 from sskd_ray.data.coco import load_coco
 from sskd_ray.data.domains import SOURCE, TARGET
 from sskd_ray.data.fashion_mnist import FASHION_DIR
 from sskd_ray.eval.model_eval import evaluate_model
 from sskd_ray.models.build import build_model, load_source_weights, tiny_model_config
+from sskd_ray.models.checkpoint import code_commit, read_weights
 from sskd_ray.ray_setup import init_ray
-from sskd_ray.train.stages import StageSpec, run_stage
+from sskd_ray.train.stages import StageInputs, StageSpec, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "sskd_ray" / "data" / "assets"
@@ -99,17 +99,15 @@ def stage_spec(args: argparse.Namespace, work: str, data: dict[str, str], model:
                         weight_decay=0.01, schedule="multistep", grad_clip=0.0,
                         checkpoint_every=max(50, args.iterations // 4))
     images = lambda name: storage.join(work, name, "images")  # noqa: E731
-    stage_data = {"labeled_json": data["source_train"], "labeled_images": images("source"),
-                  "val_json": data["source_val"], "val_images": images("source"), "image_size": model.image_size,
-                  "train_short_side": model.image_size, "scale_jitter": [1.0, 1.0],
-                  "crop_size": [model.image_size] * 2, "inference": {"short_side": model.image_size, "max_side": 0}}
-    return StageSpec("teacher_pretrain", storage.join(work, "stage"), model, stage, LossConfig(max_anchors=1024),
-                     stage_data, train.class_names, train.category_ids, seed=args.seed,
-                     storage=storage.join(work, "ray_train"))
+    # DataConfig's defaults: square views and evaluation at the model's image size
+    inputs = StageInputs(data["source_train"], images("source"), data["source_val"], images("source"))
+    return StageSpec("teacher_pretrain", storage.join(work, "stage"), "teacher", model, stage,
+                     LossConfig(max_anchors=1024), DataConfig(), inputs, train.class_names, train.category_ids,
+                     seed=args.seed, storage=storage.join(work, "ray_train"))
 
 
-def save_fp16(model_pt: str, out: Path) -> Path:
-    state = torch.load(model_pt, map_location="cpu", weights_only=True)
+def save_fp16(trained: str, out: Path) -> Path:
+    state = read_weights(trained)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     torch.save(half, out / WEIGHTS)
@@ -129,20 +127,10 @@ def evaluate_shipped(weights: Path, model: ModelConfig, spec: StageSpec, work: s
     return out
 
 
-def git_commit() -> str:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    start, commit = time.perf_counter(), git_commit()  # before this job's outputs change the tree
+    start, commit = time.perf_counter(), code_commit()  # before this job's outputs change the tree
     work = storage.normalize(args.work_dir)
     torch.set_num_threads(2)
     data = make_data(args, work)
@@ -150,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = stage_spec(args, work, data, model)
     init_ray(address="local")
     stage_metrics = run_stage(spec, tracking.resolve_tracking_uri("", work), "sskd-ray-pretrain")
-    weights = save_fp16(storage.join(spec.folder, "final", "model.pt"), Path(args.out))
+    weights = save_fp16(storage.join(spec.folder, "final"), Path(args.out))
     scores = evaluate_shipped(weights, model, spec, work, data)
     provenance = {
         "command": " ".join(["python jobs/pretrain_teacher.py", shlex.join(argv)]).strip(), "seed": args.seed,

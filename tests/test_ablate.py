@@ -119,7 +119,7 @@ def smoke_run(tmp_path_factory):
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    trained = {p: p.stat().st_mtime for p in out.glob("steps/*/final/model.pt")}
+    trained = {p: p.stat().st_mtime for p in out.glob("steps/*/final/model.safetensors")}
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     return out, first, second, trained
 

@@ -1,22 +1,11 @@
 """The arithmetic of bench/ tools: method_gain's goals and mean +- std table, step_memory's count of
 the bytes autograd saves."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-method_gain = _bench("method_gain")
-step_memory = _bench("step_memory")
+from bench import method_gain, step_memory
 
 AP = {"teacher_initial": 2.0, "teacher_finetune": 10.0, "teacher_selftrain": 12.0, "baseline": 8.0, "distill": 9.0,
       "refine": 11.0}

@@ -207,7 +207,6 @@ def test_labeling_survives_losing_a_node(builtin_dir, tmp_path):
     """Issue 22 (6a), the way Ray tests itself (`ray.cluster_utils.Cluster`, several nodes in one
     process tree): labeling with one actor on each of two worker nodes, one node removed after the
     first shard is written; the run finishes and the store holds every image exactly once."""
-    import dataclasses
     import threading
     import time
 
@@ -217,8 +216,11 @@ def test_labeling_survives_losing_a_node(builtin_dir, tmp_path):
     from sskd_ray.data.builtin import CLASS_NAMES
     from sskd_ray.data.pseudo_labels import read_store, shard_paths
     from sskd_ray.label.manifest import write_manifest
+    from sskd_ray.data.resize import InferenceSizes
     from sskd_ray.label.pipeline import run_labeling
+    from sskd_ray.label.predictor import TeacherRef
     from sskd_ray.models.build import tiny_model_config
+    from sskd_ray.models.checkpoint import ModelCard
 
     if ray.is_initialized():
         ray.shutdown()
@@ -227,14 +229,14 @@ def test_labeling_survives_losing_a_node(builtin_dir, tmp_path):
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     out = tmp_path / "out"
-    spec = {"model": dataclasses.asdict(tiny_model_config(ModelConfig())), "class_names": list(CLASS_NAMES),
-            "category_ids": list(range(1, 11)), "checkpoint": ""}
+    teacher = TeacherRef(ModelCard(tiny_model_config(ModelConfig()), list(CLASS_NAMES), list(range(1, 11)),
+                                   InferenceSizes(64), role="teacher"), "tiny@0")
     manifest = write_manifest(str(builtin_dir / "images" / "train"), out)
     result: dict = {}
 
     def label() -> None:
         try:
-            result["summary"] = run_labeling(manifest, out, spec, "tiny@0", 64,
+            result["summary"] = run_labeling(manifest, out, teacher,
                                              LabelConfig(images_per_shard=2, num_actors=2, batch_size=2,
                                                          score_threshold=0.0))
         except BaseException as err:  # reported by the assertion below

@@ -10,12 +10,14 @@ from PIL import Image
 
 from sskd_ray.config import Config, LossConfig
 from sskd_ray.data.builtin import CLASS_NAMES
+from sskd_ray.data.resize import InferenceSizes
 from sskd_ray.eval import evaluate_masks
 from sskd_ray.models.build import build_model, tiny_model_config
 from sskd_ray.models.freeze import param_groups
 from sskd_ray.train.data import build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
-from sskd_ray.train.stages import write_model_spec
+from sskd_ray.models.checkpoint import make_card, save_trained
+from sskd_ray.models.pretrained import Student
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,7 @@ def trained_student(builtin_dir, tmp_path_factory):
         optimizer.step()
     folder = tmp_path_factory.mktemp("student") / "final"
     folder.mkdir()
-    torch.save(model.state_dict(), folder / "model.pt")
-    write_model_spec(folder, cfg, list(CLASS_NAMES), list(range(1, 11)))
+    save_trained(folder, model, make_card(cfg, "student", list(CLASS_NAMES), list(range(1, 11)), InferenceSizes(64)))
     (folder / "metrics.json").write_text(json.dumps({"mask_AP": 1.5, "mask_AP50": 4.0}))
     return folder
 
@@ -70,7 +71,7 @@ def test_predict_writes_valid_results_and_overlays(trained_student, builtin_dir,
              "annotations": [a for a in val["annotations"] if a["image_id"] in {im["id"] for im in val["images"][:4]}]}
     listing = builtin_dir / "val4.json"
     listing.write_text(json.dumps(small))
-    summary = predict(trained_student, str(listing), tmp_path / "out", threshold=0.0, top_k=5)
+    summary = predict(Student.from_pretrained(trained_student), str(listing), tmp_path / "out", threshold=0.0, top_k=5)
     assert summary["images"] == 4 and summary["predicted"] == 4 and summary["skipped"] == 0
     results = json.loads((tmp_path / "out" / "predictions.json").read_text())
     ids = {im["id"]: im for im in small["images"]}

@@ -1,5 +1,4 @@
 """Ray Data pseudo-labeling on a local 2-CPU Ray with a tiny random-weight teacher."""
-import dataclasses
 import json
 import shutil
 
@@ -11,10 +10,13 @@ from PIL import Image
 from sskd_ray.config import LabelConfig, ModelConfig
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.data.pseudo_labels import read_store
+from sskd_ray.data.resize import InferenceSizes
 from sskd_ray.label import pipeline
 from sskd_ray.label.pipeline import TeacherMismatchError, run_labeling
+from sskd_ray.label.predictor import TeacherRef
 from sskd_ray.label.sources import list_images
 from sskd_ray.models.build import tiny_model_config
+from sskd_ray.models.checkpoint import ModelCard
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +38,18 @@ def mixed_folder(builtin_dir, tmp_path):
     return folder
 
 
-def _spec():
-    model = dataclasses.asdict(tiny_model_config(ModelConfig()))
-    return {"model": model, "class_names": list(CLASS_NAMES), "category_ids": list(range(1, 11)), "checkpoint": ""}
+def _teacher(teacher_id: str) -> TeacherRef:
+    """The tiny random-weight model, built in each actor (no folder)."""
+    model = tiny_model_config(ModelConfig())
+    card = ModelCard(model, list(CLASS_NAMES), list(range(1, 11)), InferenceSizes(64), role="teacher")
+    return TeacherRef(card, teacher_id)
 
 
 def test_labels_every_valid_image_once_and_lists_the_corrupt_one(local_ray, mixed_folder, tmp_path):
     images = list_images(str(mixed_folder))
     assert len(images) == 24 + 4
     cfg = LabelConfig(images_per_shard=8, num_actors=2, batch_size=4, score_threshold=0.0)
-    summary = run_labeling(images, tmp_path / "out", _spec(), "tiny@0", 64, cfg)
+    summary = run_labeling(images, tmp_path / "out", _teacher("tiny@0"), cfg)
     table = read_store(tmp_path / "out")
     ids = table.column("image_id").to_pylist()
     valid = {im["image_id"] for im in images if not im["path"].endswith("corrupt.png")}
@@ -62,21 +66,21 @@ def test_labels_every_valid_image_once_and_lists_the_corrupt_one(local_ray, mixe
     # (and tries the corrupt one again, which is still not in the store)
     shards = sorted((tmp_path / "out").glob("shard-*.parquet"))
     shards[1].unlink()
-    again = run_labeling(images, tmp_path / "out", _spec(), "tiny@0", 64, cfg)
+    again = run_labeling(images, tmp_path / "out", _teacher("tiny@0"), cfg)
     assert again["run"]["images_pending"] == 9 and again["run"]["images_labeled"] == 8 and again["shards_run"] == 2
     rerun_ids = read_store(tmp_path / "out").column("image_id").to_pylist()
     assert sorted(rerun_ids) == sorted(ids)
     assert again["images_labeled"] == 27 and again["store_rows"] == 27 and len(again["runs"]) == 2
 
     with pytest.raises(TeacherMismatchError, match="tiny@0"):
-        run_labeling(images, tmp_path / "out", _spec(), "other@1", 64, cfg)
+        run_labeling(images, tmp_path / "out", _teacher("other@1"), cfg)
 
 
 def test_gpu_request_without_gpus_fails_fast(local_ray, builtin_dir, tmp_path):
     images = list_images(str(builtin_dir / "val.json"))
     assert len(images) == 8 and images[0]["image_id"] > 1_000_000
     with pytest.raises(RuntimeError, match="GPU"):
-        run_labeling(images, tmp_path / "o", _spec(), "t", 64, LabelConfig(num_gpus_per_actor=0.5))
+        run_labeling(images, tmp_path / "o", _teacher("t"), LabelConfig(num_gpus_per_actor=0.5))
 
 
 def test_sources_glob_parquet_and_checkpoint_teacher(builtin_dir, tmp_path):
@@ -85,8 +89,9 @@ def test_sources_glob_parquet_and_checkpoint_teacher(builtin_dir, tmp_path):
     import torch
 
     from sskd_ray.config import Config
-    from sskd_ray.label.predictor import build_teacher_from_spec
+    from sskd_ray.label.predictor import load_teacher
     from sskd_ray.label.run import resolve_teacher
+    from sskd_ray.models.checkpoint import save_trained
     from sskd_ray.label.manifest import plan_pending, write_manifest
 
     by_glob = list_images(str(builtin_dir / "images" / "val" / "*.png"))
@@ -100,17 +105,14 @@ def test_sources_glob_parquet_and_checkpoint_teacher(builtin_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no images"):
         list_images(str(tmp_path / "nothing-*.png"))
 
-    spec = _spec()
-    model = build_teacher_from_spec(spec)
+    model = load_teacher(_teacher("t"))
     ckpt = tmp_path / "adapted"
-    ckpt.mkdir()
-    torch.save(model.state_dict(), ckpt / "model.pt")
-    (ckpt / "teacher.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "checkpoint"}))
-    loaded_spec, teacher_id, size = resolve_teacher(Config(), str(ckpt), smoke=False)
-    assert teacher_id.startswith("adapted:") and size == 64
-    reloaded = build_teacher_from_spec(loaded_spec)
+    save_trained(ckpt, model, _teacher("t").card)
+    teacher = resolve_teacher(Config(), str(ckpt), smoke=False)
+    assert teacher.id.startswith("adapted:") and teacher.card.inference == InferenceSizes(64)
+    reloaded = load_teacher(teacher)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
-    with pytest.raises(FileNotFoundError, match="teacher.json"):
+    with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_teacher(Config(), str(tmp_path), smoke=False)
 
 
@@ -133,7 +135,7 @@ def test_one_actor_pool_labels_every_window(local_ray, builtin_dir, tmp_path, mo
     monkeypatch.setattr(pipeline, "WINDOW_SHARDS", 2)
     images = list_images(str(builtin_dir / "images" / "train"))[:21]
     cfg = LabelConfig(images_per_shard=5, num_actors=1, max_actors=1, batch_size=5, score_threshold=0.0)
-    summary = run_labeling(images, tmp_path / "out", _spec(), "tiny@0", 64, cfg)
+    summary = run_labeling(images, tmp_path / "out", _teacher("tiny@0"), cfg)
     assert summary["shards_run"] == 5  # 3 windows: 2 + 2 + 1 shards
     assert summary["run"]["actor_processes"] == 1
     ids = read_store(tmp_path / "out").column("image_id").to_pylist()
@@ -149,18 +151,18 @@ def test_grown_pool_and_other_shard_size_label_only_new_images(local_ray, tmp_pa
     cfg = LabelConfig(images_per_shard=8, num_actors=2, batch_size=8, score_threshold=0.0)
     from sskd_ray.label.manifest import write_manifest
 
-    first = run_labeling(write_manifest(str(pool), out), out, _spec(), "tiny@0", 64, cfg)
+    first = run_labeling(write_manifest(str(pool), out), out, _teacher("tiny@0"), cfg)
     assert first["images_labeled"] == 40 and first["run"]["images_labeled"] == 40 and len(_keys(out)) == 40
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
 
     _pool(pool, ["img_001.png", "img_041.png", "img_079.png"])
-    second = run_labeling(write_manifest(str(pool), out), out, _spec(), "tiny@0", 64, cfg)
+    second = run_labeling(write_manifest(str(pool), out), out, _teacher("tiny@0"), cfg)
     assert second["run"]["images_pending"] == 3 and second["run"]["images_labeled"] == 3 and second["shards_run"] == 1
     assert second["images_seen"] == 43 and second["images_labeled"] == 43 and second["store_rows"] == 43
     assert _keys(out) == {str(p) for p in pool.glob("*.png")}
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet") if p.name in before} == before
 
-    third = run_labeling(write_manifest(str(pool), out), out, _spec(), "tiny@0", 64,
+    third = run_labeling(write_manifest(str(pool), out), out, _teacher("tiny@0"),
                          LabelConfig(images_per_shard=5, num_actors=2, score_threshold=0.0))
     assert third["run"]["images_pending"] == 0 and third["shards_run"] == 0 and third["store_rows"] == 43
     assert third["problems"] == [] and [r["images_labeled"] for r in third["runs"]] == [40, 3, 0]
@@ -178,7 +180,7 @@ def test_symlinked_pool_labels_links_under_their_own_paths(local_ray, tmp_path):
     (pool / "gone.png").symlink_to(tmp_path / "missing.png")
     from sskd_ray.label.manifest import write_manifest
 
-    summary = run_labeling(write_manifest(str(pool), out), out, _spec(), "t", 64,
+    summary = run_labeling(write_manifest(str(pool), out), out, _teacher("t"),
                            LabelConfig(images_per_shard=2, num_actors=1, score_threshold=0.0))
     assert _keys(out) == {str(pool / "img_a.png"), str(pool / "linked" / "b.png"), str(pool / "linked" / "c.jpg")}
     assert sorted(read_store(out).column("file_name").to_pylist()) == ["img_a.png", "linked/b.png", "linked/c.jpg"]

@@ -3,6 +3,7 @@ the original pixels exactly (issue 15: labeling, eval and predict of 2:1 and 1:3
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -11,21 +12,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sskd_ray.config import Config, LossConfig
+from pycocotools import mask as mask_utils
+
+from sskd_ray.config import Config, LabelConfig, LossConfig
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.data.coco import load_coco
 from sskd_ray.data.resize import fit_size, pad_batch
 from sskd_ray.data.views import make_views
-from sskd_ray.deploy.predict import predict_arrays
+from sskd_ray.data.pseudo_labels import read_store
+from sskd_ray.data.resize import InferenceSizes
 from sskd_ray.eval.model_eval import predict_coco
-from sskd_ray.label.predictor import TeacherPredictor
+from sskd_ray.label.predictor import TeacherPredictor, TeacherRef
 from sskd_ray.losses.correspondence import strong_to_weak
 from sskd_ray.losses.matcher import hungarian_match
 from sskd_ray.losses.point_sampling import real_extent, uncertain_points
 from sskd_ray.losses.set_loss import set_loss
 from sskd_ray.models.build import build_model, tiny_model_config
+from sskd_ray.models.checkpoint import ModelCard
+from sskd_ray.models.inference import predict_arrays, read_images
 from sskd_ray.models.outputs import SegOutput
-from sskd_ray.models.postprocess import instances_from_output
+from sskd_ray.models.postprocess import instances_from_output, select_instances
 from sskd_ray.train.objective import Objective
 
 WIDE, TALL = (40, 80), (30, 90)  # 2:1 and 1:3 originals (H, W)
@@ -126,7 +132,6 @@ def test_predict_coco_runs_at_native_aspect(student, tmp_path):
     dataset = load_coco(tmp_path / "val.json", tmp_path)
     results = predict_coco(model, dataset, 64, batch_size=1, top_k=3)
     assert seen == [(1, 3, 64, 128), (1, 3, 64, 192)]
-    from pycocotools import mask as mask_utils
 
     for im in items:
         mine = [r for r in results if r["image_id"] == im["id"]]
@@ -136,9 +141,9 @@ def test_predict_coco_runs_at_native_aspect(student, tmp_path):
 
 def test_labeling_predictor_pads_a_mixed_batch_and_maps_back(student, tmp_path):
     _, cfg, _ = student
-    spec = {"model": dataclasses.asdict(cfg), "class_names": list(CLASS_NAMES), "checkpoint": "",
-            "category_ids": list(range(1, 11)), "inference": {"short_side": 64, "max_side": 160}}
-    predictor = TeacherPredictor(spec, str(tmp_path / "store"), "t", 64, 0.0, 3, batch_size=2, max_pixels=10**7)
+    card = ModelCard(cfg, list(CLASS_NAMES), list(range(1, 11)), InferenceSizes(64, 160), role="teacher")
+    predictor = TeacherPredictor(TeacherRef(card, "t"), str(tmp_path / "store"),
+                                 LabelConfig(score_threshold=0.0, top_k=3, batch_size=2, max_image_pixels=10**7))
     seen = []
 
     def hook(module, args, output):
@@ -146,23 +151,27 @@ def test_labeling_predictor_pads_a_mixed_batch_and_maps_back(student, tmp_path):
         return SegOutput(torch.ones_like(output.mask_logits), output.class_logits, output.embeddings, output.aux)
 
     predictor.model.register_forward_hook(hook)
-    rng = np.random.default_rng(1)
-    arrays = [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for size in (WIDE, TALL)]
-    found = predictor._predict(arrays)
+    items = [{**im, "image_id": im["id"]} for im in _write_images(tmp_path)]
+    assert predictor.label_shard("shard-x", items)["labeled"] == 2
     # 2:1 -> (64, 128); 1:3 -> long side capped at 160 -> (53, 160); one frame padded to multiples of 32
     assert seen == [(2, 3, 64, 160)]
-    for size, insts in zip((WIDE, TALL), found):
-        assert insts and all(i.mask.shape == size and i.mask.all() for i in insts)
+    for row, size in zip(read_store(tmp_path / "store").to_pylist(), (WIDE, TALL)):
+        assert (row["height"], row["width"]) == size and row["instances"]  # one left: the masks all overlap (NMS)
+        for inst in row["instances"]:  # each mask covers its whole image: nothing lost to the padding
+            assert mask_utils.decode({"size": list(size), "counts": inst["segmentation"].encode()}).all()
 
 
-def test_predict_arrays_runs_at_native_aspect(student, tmp_path):
-    model, cfg, seen = student
+def test_one_prediction_loop_runs_at_native_aspect(student, tmp_path):
+    model, _, seen = student
     items = _write_images(tmp_path)
-    card = {"model": dataclasses.asdict(cfg), "inference": {"short_side": 64, "max_side": 0}}
-    done, errors = predict_arrays(model, card, [{"path": im["path"]} for im in items], 1, 0.0, 3, device="cpu")
-    assert not errors and seen == [(1, 3, 64, 128), (1, 3, 64, 192)]
-    for (_, array, insts), im in zip(done, items):
-        assert array.shape[:2] == (im["height"], im["width"])
+    errors = []
+    select = functools.partial(select_instances, score_threshold=0.0, max_instances=3)
+    done = list(predict_arrays(model, read_images(items + [{"path": str(tmp_path / "missing.png")}], errors=errors),
+                               InferenceSizes(64), select, batch_size=1))
+    assert [e["path"] for e in errors] == [str(tmp_path / "missing.png")] and "cannot read" in errors[0]["reason"]
+    assert seen == [(1, 3, 64, 128), (1, 3, 64, 192)]
+    for (im, array, insts), expected in zip(done, items):
+        assert im is expected and array.shape[:2] == (im["height"], im["width"])
         assert insts and all(i.mask.shape == (im["height"], im["width"]) for i in insts)
 
 
@@ -333,22 +342,18 @@ def test_set_loss_is_blind_to_anything_predicted_on_padding(device):
 
 
 def test_paper_configs_state_native_sizes_and_the_demo_stays_square():
-    from types import SimpleNamespace
-
     from sskd_ray.config import ConfigError, load_config
     from sskd_ray.train.data import ViewSizes
-    from sskd_ray.train.pipeline import _stage_data
 
-    paths = SimpleNamespace(labeled_json="l.json", val_json="v.json", val_images="v", unlabeled_json="u.json")
-    city = _stage_data(load_config("configs/cityscapes_10pct.yaml"), paths, 518)
-    assert ViewSizes.from_data(city) == ViewSizes(1024, (512, 1024), (0.5, 2.0))
-    assert city["inference"] == {"short_side": 1024, "max_side": 2048}
-    ade = _stage_data(load_config("configs/ade20k.yaml"), paths, 518)
-    assert ViewSizes.from_data(ade) == ViewSizes(512, (512, 512), (0.5, 2.0))
-    assert ade["inference"] == {"short_side": 512, "max_side": 2048}
-    demo = _stage_data(load_config("configs/default.yaml"), paths, 128)
-    assert ViewSizes.from_data(demo) == ViewSizes(128, (128, 128), (1.0, 1.0))
-    assert demo["inference"] == {"short_side": 128, "max_side": 0}
+    city = load_config("configs/cityscapes_10pct.yaml").data
+    assert ViewSizes.from_config(city, 518) == ViewSizes(1024, (512, 1024), (0.5, 2.0))
+    assert InferenceSizes.from_config(city, 518) == InferenceSizes(1024, 2048)
+    ade = load_config("configs/ade20k.yaml").data
+    assert ViewSizes.from_config(ade, 518) == ViewSizes(512, (512, 512), (0.5, 2.0))
+    assert InferenceSizes.from_config(ade, 518) == InferenceSizes(512, 2048)
+    demo = load_config("configs/default.yaml").data
+    assert ViewSizes.from_config(demo, 128) == ViewSizes(128, (128, 128), (1.0, 1.0))
+    assert InferenceSizes.from_config(demo, 128) == InferenceSizes(128, 0)
     with pytest.raises(ConfigError, match="scale_jitter"):
         load_config(None, ["data.scale_jitter=[2.0, 1.0]"])
 

@@ -124,10 +124,10 @@ def test_labeling_with_one_gpu_actor(builtin_dir, gpu_ray, tmp_path):
     from sskd_ray.label.sources import list_images
 
     cfg = load_config([REPO / "configs" / "default.yaml", REPO / "configs" / "smoke.yaml"])
-    spec, teacher_id, size = resolve_teacher(cfg, "builtin", smoke=True)
+    teacher = resolve_teacher(cfg, "builtin", smoke=True)
     listing = list_images(str(builtin_dir / "images" / "val"))
     label_cfg = replace(LabelConfig(), num_actors=1, num_gpus_per_actor=1.0, images_per_shard=4, score_threshold=0.0)
-    summary = run_labeling(listing, str(tmp_path / "store"), spec, teacher_id, size, label_cfg)
+    summary = run_labeling(listing, str(tmp_path / "store"), teacher, label_cfg)
     assert summary["images_labeled"] == len(listing) and summary["images_skipped"] == 0
     assert summary["device"] == "cuda"
 

@@ -113,7 +113,7 @@ def test_job_submit_runs_the_smoke_pipeline(submitted_run):
         # the job prints the report's table as it ends, row for row
         assert next(line for line in report.splitlines() if line.startswith(f"| {row}")) in job.stdout
     assert (run_dir / "losses.png").stat().st_size > 10_000
-    assert (run_dir / "student" / "final" / "model.pt").is_file()
+    assert (run_dir / "student" / "final" / "model.safetensors").is_file()
     for stage in ("teacher/finetune", "teacher/selftrain", "student/distill", "student/refine", "student/baseline"):
         metrics = json.loads((run_dir / stage / "metrics.json").read_text())
         assert metrics["mask_AP"] is not None and metrics["iterations"] >= 2

@@ -14,6 +14,7 @@ from sskd_ray.data import fashion_mnist
 from sskd_ray.data.builtin import ASSET_DIR, CLASS_NAMES, Assets, load_assets, render_scene
 from sskd_ray.data.domains import SOURCE, TARGET
 from sskd_ray.models import build
+from sskd_ray.models.checkpoint import read_weights
 
 REPO = Path(__file__).resolve().parents[1]
 # The source domain reads the full Fashion-MNIST files (Debian package dataset-fashion-mnist; .ci/run
@@ -123,7 +124,7 @@ def test_fp16_weights_load_and_match_the_fp32_model(smoke_runs, device, monkeypa
     prov = json.loads((a / "teacher_source.json").read_text())
     cfg = ModelConfig(**{**prov["model"], "pretrained": ""})
     fp32 = build.build_model(cfg, list(CLASS_NAMES))
-    fp32.load_state_dict(torch.load(tmp / "a" / "work" / "stage" / "final" / "model.pt", weights_only=True))
+    fp32.load_state_dict(read_weights(tmp / "a" / "work" / "stage" / "final"))
     monkeypatch.setattr(build, "SOURCE_WEIGHTS", a / "teacher_source.pt")
     shipped = build.build_model(replace(cfg, pretrained="source"), list(CLASS_NAMES))  # the demo's path
     for (name, p32), p16 in zip(fp32.state_dict().items(), shipped.state_dict().values()):

@@ -151,12 +151,12 @@ def test_pipeline_with_its_run_directory_in_s3(s3_env, tmp_path):
     files = storage.list_files(run_dir, recursive=True)
     for stage in ("teacher/finetune", "teacher/selftrain"):
         assert f"{run_dir}/{stage}/DONE" in files
-        assert {f"{run_dir}/{stage}/final/{n}" for n in ("model.pt", "teacher.json", "metrics.json")} <= set(files)
+        assert {f"{run_dir}/{stage}/final/{n}" for n in ("model.safetensors", "config.json", "metrics.json")} <= set(files)
         assert storage.read_json(f"{run_dir}/{stage}/metrics.json")["iterations"] == 4  # configs/smoke.yaml
     shards = storage.list_files(f"{run_dir}/pseudo/finetune", "shard-*.parquet")
     summary = storage.read_json(f"{run_dir}/pseudo/finetune/summary.json")
     assert len(shards) == summary["shards_run"] > 0 and summary["images_labeled"] == 18
-    checkpoints = [f for f in files if f.startswith(f"{run_dir}/ray_train/") and f.endswith("/model.pt")]
+    checkpoints = [f for f in files if f.startswith(f"{run_dir}/ray_train/") and f.endswith("/model.safetensors")]
     assert len(checkpoints) == 4  # two per stage (checkpoint_every 2 of 4 iterations), in the bucket
     assert os.listdir(cwd) == []  # no stray local run folder, mlruns/ or data
 

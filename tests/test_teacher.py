@@ -8,6 +8,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import build_lab
 from conftest import DEVICE_PARAMS
 from sskd_ray.config import ModelConfig
 from sskd_ray.data.builtin import CLASS_NAMES
+from sskd_ray.losses.teacher_adaptation import adaptation_losses, teacher_losses
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import param_groups
 from sskd_ray.models.prompts import chunk_prompts
@@ -145,13 +146,15 @@ def test_long_vocabulary_is_chunked_and_every_class_is_reachable(names):
     # a target of the last class trains through its chunk's rows
     masks = torch.zeros(1, 64, 64, dtype=torch.bool)
     masks[0, 10:30, 10:40] = True
-    losses = teacher.adaptation_loss(torch.rand(1, 3, 64, 64), [{"labels": torch.tensor([len(names) - 1]),
+    losses = adaptation_losses(teacher, torch.rand(1, 3, 64, 64), [{"labels": torch.tensor([len(names) - 1]),
                                                                  "masks": masks}])
     assert all(torch.isfinite(v) for v in losses.values())
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_forward_train_is_one_forward_and_matches_adaptation_loss(device):
+def test_one_pass_gives_the_output_and_each_groups_losses(device):
+    """The objective's teacher step: one `run`, the losses of each group from it, the fused output from
+    it; each group's losses equal those of a forward of its own images."""
     teacher = _tiny(device)
     calls = {"det": 0, "vision": 0}
     teacher.detector.register_forward_hook(lambda *a: calls.__setitem__("det", calls["det"] + 1))
@@ -160,11 +163,13 @@ def test_forward_train_is_one_forward_and_matches_adaptation_loss(device):
     targets = _targets(device)
     groups = {"sup": (torch.tensor([0], device=device), targets[:1]),
               "pl": (torch.tensor([1, 2], device=device), targets[1:])}
-    out, losses = teacher.forward_train(images, groups)
+    p = teacher.run(images)
+    losses = {name: teacher_losses(teacher, p, idx, tg) for name, (idx, tg) in groups.items()}
+    out = teacher.fuse(p, masks_with_grad=False)
     assert calls == {"det": 1, "vision": 1}
     assert out.mask_logits.shape[:2] == (3, 5)
     for name, (idx, tg) in groups.items():
-        alone = teacher.adaptation_loss(images[idx], tg)
+        alone = adaptation_losses(teacher, images[idx], tg)
         for key in ("loss_detection", "loss_mask"):
             assert torch.allclose(losses[name][key], alone[key], rtol=1e-4, atol=1e-5), (name, key)
     assert losses["sup"]["loss_mask"] > 0 and losses["pl"]["loss_mask"] > 0
@@ -248,7 +253,7 @@ def test_meta_sam2_backend_gives_the_same_fused_contract():
     assert torch.allclose(out.class_logits[..., :-1].exp(), (probs * iou[..., None]).clamp(1e-6, 1 - 1e-6), rtol=1e-4)
     masks = torch.zeros(1, 64, 96, dtype=torch.bool)
     masks[0, 10:40, 20:60] = True
-    losses = teacher.adaptation_loss(torch.rand(1, 3, 64, 96), [{"labels": torch.tensor([2]), "masks": masks}])
+    losses = adaptation_losses(teacher, torch.rand(1, 3, 64, 96), [{"labels": torch.tensor([2]), "masks": masks}])
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(p.grad is not None for p in teacher.segmenter.sam_mask_decoder.parameters())
@@ -272,7 +277,7 @@ def test_gradient_checkpointing_keeps_weights_losses_and_gradients():
     targets = _targets("cpu")
     grads = []
     for model in (plain, ckpt):
-        loss = sum(model.adaptation_loss(images, targets).values())
+        loss = sum(adaptation_losses(model, images, targets).values())
         loss.backward()
         grads.append((float(loss.detach()), model.detector.model.encoder.layers[0].state_dict()))
         p = dict(model.named_parameters())

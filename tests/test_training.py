@@ -14,6 +14,7 @@ import torch
 from sskd_ray.config import LossConfig, load_config
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.models.build import build_model
+from sskd_ray.models.checkpoint import read_weights
 from sskd_ray.train.data import build_training_set, draw_batch
 from sskd_ray.train.loop import FAULT_ENV, lr_factor
 from sskd_ray.train.objective import Objective, instance_ids
@@ -196,7 +197,7 @@ def test_stage_survives_a_killed_worker(smoke_run, local_ray, tmp_path, monkeypa
     steps = [row["iteration"] for row in history if "loss" in row]
     assert steps == sorted(steps) and steps[-1] == 8 and 5 in steps
     assert all(0.0 <= row["data_wait_share"] <= 1.0 for row in history if "loss" in row)  # batches drawn ahead
-    assert (tmp_path / "stage" / "final" / "model.pt").is_file() and (tmp_path / "stage" / "DONE").is_file()
+    assert (tmp_path / "stage" / "final" / "model.safetensors").is_file() and (tmp_path / "stage" / "DONE").is_file()
     # a finished stage is not trained again
     monkeypatch.delenv(FAULT_ENV)
     before = sorted(p.name for p in (tmp_path / "ray_train").rglob("checkpoint_*"))
@@ -214,7 +215,7 @@ def test_two_workers_ddp_on_gloo(smoke_run, local_ray, tmp_path):
                    stage=replace(spec.stage, iterations=2, num_workers=2, cpus_per_worker=1, use_pseudo_labels=False))
     metrics = run_stage(spec, f"sqlite:///{tmp_path / 'mlflow.db'}", "test")
     assert metrics["world_size"] == 2 and metrics["iterations"] == 2
-    state = torch.load(tmp_path / "stage" / "final" / "model.pt", weights_only=True)
+    state = read_weights(tmp_path / "stage" / "final")
     model = build_model(spec.model, list(CLASS_NAMES))
     model.load_state_dict(state)  # saved unwrapped: loads into a plain model
     assert all(np.isfinite(v.float().numpy()).all() for v in state.values())

@@ -8,9 +8,13 @@ post-processing (`sskd_ray.models.postprocess.instances_from_output`) can crop i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sskd_ray.config import DataConfig
 
 
 def fit_size(size: tuple[int, int], short_side: int, max_side: int = 0, multiple: int = 1) -> tuple[int, int]:
@@ -70,10 +74,13 @@ def size_multiple(model: torch.nn.Module) -> int:
     return int(getattr(getattr(model, "encoder", None), "patch", 32))
 
 
-def inference_sizes(card: dict, image_size: int = 0) -> tuple[int, int]:
-    """(short_side, max_side) a trained model is run at, from its card (`teacher.json`'s
-    "inference": {"short_side", "max_side"}); cards written before native-aspect inference fall back
-    to the model's training size as the short side, uncapped."""
-    inference = card.get("inference") or {}
-    short = int(inference.get("short_side") or image_size or card["model"]["image_size"])
-    return short, int(inference.get("max_side") or 0)
+@dataclass
+class InferenceSizes:
+    """The native-aspect input sizes a model is evaluated and run at (a trained model's card holds them)."""
+    short_side: int
+    max_side: int = 0  # long side at most this; 0: no cap
+
+    @classmethod
+    def from_config(cls, data: DataConfig, image_size: int) -> InferenceSizes:
+        """`data.eval_short_side` / `eval_max_side`; a 0 short side is the model's training size."""
+        return cls(data.eval_short_side or image_size, data.eval_max_side)

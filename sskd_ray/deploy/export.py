@@ -1,4 +1,4 @@
-"""A trained model folder (`model.pt` + `teacher.json`, e.g. `<run_dir>/student/final`) -> TorchScript
+"""A trained model's folder (sskd_ray.models.checkpoint, e.g. `<run_dir>/student/final`) -> TorchScript
 and ONNX files with a parity check and a model card.
 
 The deployed graph takes images in [0, 1], (B, 3, H, W) with H, W dynamic (checked at a 1:2 size),
@@ -7,18 +7,18 @@ stays in Python so thresholds can change without re-exporting.
 """
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import fields
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sskd_ray import storage
-from sskd_ray.config import ModelConfig
 from sskd_ray.data.resize import size_multiple
-from sskd_ray.models.build import build_model
+from sskd_ray.eval.efficiency import count_flops, measure_latency
+from sskd_ray.models.checkpoint import load_trained
+from sskd_ray.models.maskformer import count_parameters
 
 OPSET = 18
 
@@ -31,21 +31,6 @@ class DeployModel(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
         return out.mask_logits, out.class_logits
-
-
-def load_trained(folder: str | Path) -> tuple[nn.Module, dict]:
-    """-> (model in eval mode, its card: {"model": ModelConfig fields, "class_names", "category_ids"})."""
-    folder = storage.normalize(folder)
-    for name in ("model.pt", "teacher.json"):
-        if not storage.is_file(storage.join(folder, name)):
-            raise FileNotFoundError(f"{folder} has no {name}: pass a stage's final/ folder, e.g. <run_dir>/student/final")
-    card = storage.read_json(storage.join(folder, "teacher.json"))
-    known = {f.name for f in fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in card["model"].items() if k in known})
-    model = build_model(cfg, card["class_names"])
-    weights = io.BytesIO(storage.read_bytes(storage.join(folder, "model.pt")))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.eval(), card
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
@@ -92,15 +77,11 @@ def check_parity(model: nn.Module, torchscript: Path, onnx: Path, images: torch.
 
 
 def _latencies(model: nn.Module, torchscript: Path, onnx: Path, size: int, runs: int = 5) -> dict:
-    from sskd_ray.eval.efficiency import measure_latency
-
     x = torch.rand(1, 3, size, size)
     out = {"eager_ms": measure_latency(model, x, runs=runs),
            "torchscript_ms": measure_latency(torch.jit.load(str(torchscript)), x, runs=runs)}
     try:
-        import time
-
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional (the export extra)
 
         session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         session.run(None, {"images": x.numpy()})
@@ -158,11 +139,8 @@ def export_model(folder: str | Path, out: str | Path, batch: int = 2) -> dict:
 
 
 def _export_into(folder: str, out: Path, batch: int) -> dict:
-    from sskd_ray.eval.efficiency import count_flops
-    from sskd_ray.models.maskformer import count_parameters
-
-    model, card = load_trained(folder)
-    size = card["model"]["image_size"]
+    model, trained = load_trained(folder)
+    size = trained.model.image_size
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(batch, 3, size, size, generator=generator)
     ts = export_torchscript(model, example, out / "student.pt")
@@ -175,7 +153,7 @@ def _export_into(folder: str, out: Path, batch: int) -> dict:
     parity["native_aspect"]["size"] = list(wide)
     mean, std = getattr(getattr(model, "encoder", None), "norm", (None, None))
     metrics_path = storage.join(folder, "metrics.json")
-    card = {**card, "parity": parity, "dynamic_axes": dynamic,
+    card = {**trained.as_dict(), "parity": parity, "dynamic_axes": dynamic,
             "normalisation": f"(x - {list(mean)}) / {list(std)}" if mean is not None else "model-specific",
             "metrics": storage.read_json(metrics_path) if storage.is_file(metrics_path) else None,
             "efficiency": {"params": count_parameters(model), "flops": count_flops(model, example[:1]),

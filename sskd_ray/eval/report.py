@@ -1,11 +1,19 @@
 """`<run_dir>/report.md`: the run's one-page summary (stage table, curves) and the printed table."""
 from __future__ import annotations
 
-import io
 import time
 
+import torch
+
 from sskd_ray import storage
-from sskd_ray.eval.plots import plot_stages, save_figure
+from sskd_ray.data.coco import load_coco
+from sskd_ray.eval.efficiency import efficiency_report
+from sskd_ray.eval.overlays import draw_overlay
+from sskd_ray.eval.plots import plot_stages, pyplot, save_figure
+from sskd_ray.models.checkpoint import is_trained_folder
+from sskd_ray.models.inference import read_image
+from sskd_ray.models.postprocess import Instance
+from sskd_ray.models.pretrained import TrainedModel
 from sskd_ray.redaction import redact
 
 
@@ -34,18 +42,13 @@ def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) ->
 
 def efficiency_table(models: dict[str, str]) -> tuple[str, dict]:
     """Parameters, FLOPs and CPU latency (batch 1) of trained models, from their final/ folders."""
-    import torch
-
-    from sskd_ray.deploy.export import load_trained
-    from sskd_ray.eval.efficiency import efficiency_report
-
     stats = {}
     for name, folder in models.items():
-        if storage.is_file(storage.join(folder, "model.pt")):
-            model, card = load_trained(folder)
-            size = card["model"]["image_size"]
+        if is_trained_folder(folder):
+            trained = TrainedModel.from_pretrained(folder)
+            size = trained.card.model.image_size
             with torch.no_grad():
-                stats[name] = efficiency_report(model, (size, size), runs=3)
+                stats[name] = efficiency_report(trained.model, (size, size), runs=3)
     lines = ["| model | parameters | GFLOPs (one image) | input | latency, CPU batch 1 |", "|---|---:|---:|---:|---:|"]
     for name, e in stats.items():
         lines.append(f"| {name} | {e['params'] / 1e6:.2f} M | {e['flops'] / 1e9:.2f} | {e['image_size'][0]} px | "
@@ -55,37 +58,25 @@ def efficiency_table(models: dict[str, str]) -> tuple[str, dict]:
 
 def prediction_grid(val_json: str, models: dict[str, str], path: str, count: int = 4) -> str:
     """Rows: val images; columns: ground truth, then each model's predictions (score >= 0.3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from sskd_ray.data.coco import load_coco
-    from sskd_ray.deploy.export import load_trained
-    from sskd_ray.deploy.predict import predict_arrays, draw_overlay
-    from sskd_ray.models.postprocess import Instance
-
+    plt = pyplot()
     val = load_coco(val_json, check_files=False)
-    images = [{"image_id": im["id"], "file_name": im["file_name"], "path": val.image_path(im), "_im": im}
-              for im in val.images[:count]]
+    shown, arrays = [], []
+    for im in val.images[:count]:
+        array, _ = read_image(val.image_path(im))
+        if array is not None:
+            shown.append(im)
+            arrays.append(array)
     columns = {"ground truth": []}
-    for im in images:
-        masks, labels = val.instance_masks(im["_im"])
-        with Image.open(io.BytesIO(storage.read_bytes(im["path"]))) as pil:
-            array = np.asarray(pil.convert("RGB"))
+    for im, array in zip(shown, arrays):
+        masks, labels = val.instance_masks(im)
         columns["ground truth"].append(draw_overlay(array, [Instance(int(c), 1.0, m) for m, c in zip(masks, labels)],
                                                     val.class_names))
     for name, folder in models.items():
-        if not storage.is_file(storage.join(folder, "model.pt")):
-            continue
-        model, card = load_trained(folder)
-        with torch.no_grad():
-            done, _ = predict_arrays(model, card, [{k: v for k, v in im.items() if k != "_im"} for im in images], 8, 0.3, 20)
-        columns[name] = [draw_overlay(array, insts, card["class_names"]) for _, array, insts in done]
-    fig, axes = plt.subplots(len(images), len(columns), figsize=(3.2 * len(columns), 3.2 * len(images)), dpi=110,
+        if is_trained_folder(folder):
+            trained = TrainedModel.from_pretrained(folder)
+            found = trained.predict(arrays, threshold=0.3, top_k=20)
+            columns[name] = [draw_overlay(array, insts, trained.class_names) for array, insts in zip(arrays, found)]
+    fig, axes = plt.subplots(len(shown), len(columns), figsize=(3.2 * len(columns), 3.2 * len(shown)), dpi=110,
                              squeeze=False)
     for c, (name, overlays) in enumerate(columns.items()):
         for r, overlay in enumerate(overlays):
@@ -143,7 +134,7 @@ def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, 
               "student (supervised only)": at("student", "baseline", "final")}
     table_eff, _ = efficiency_table({k: v for k, v in models.items() if "supervised" not in k})
     text += ["## Efficiency (the trained models of this run)", "", table_eff, ""]
-    val_json = next(iter(specs.values())).data["val_json"] if specs else ""
+    val_json = next(iter(specs.values())).inputs.val_json if specs else ""
     if val_json:
         prediction_grid(val_json, models, at("predictions.png"))
         text += ["## Predictions on val images (score >= 0.3)", "", "![predictions](predictions.png)", ""]

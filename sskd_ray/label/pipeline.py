@@ -5,7 +5,7 @@ Resume is by image key (pseudo_labels.py): a run labels the manifest's images wh
 the store yet, cut into shards named after this run and their members (manifest.py), so a grown pool
 labels only its new images and another shard size never relabels anything. A shard's Parquet file
 appears atomically when it is done, so a killed run leaves whole shards, and its unfinished images
-are still pending next time. `out/teacher.json` pins the teacher identity; another teacher is refused.
+are still pending next time. `out/teacher_id.json` pins the teacher identity; another teacher is refused.
 """
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ from sskd_ray import storage
 from sskd_ray.config import LabelConfig
 from sskd_ray.data.pseudo_labels import export_coco_results, shard_paths
 from sskd_ray.label.manifest import count_in_store, new_run_id, plan_pending, write_manifest
-from sskd_ray.label.predictor import TeacherPredictor
+from sskd_ray.label.predictor import TeacherPredictor, TeacherRef
 from sskd_ray.redaction import redact
 
 WINDOW_SHARDS = 1024  # pending shards planned at a time: the driver's heap never holds the whole plan
+TEACHER_MARKER = "teacher_id.json"  # {"teacher": id} of the teacher whose labels the store holds
+LEGACY_MARKER = "teacher.json"  # its name in stores written before it had its own
 
 
 class TeacherMismatchError(RuntimeError):
@@ -34,9 +36,11 @@ class TeacherMismatchError(RuntimeError):
 
 
 def claim_output(out: str, teacher_id: str) -> None:
-    marker = storage.join(out, "teacher.json")
-    if storage.is_file(marker):
-        existing = storage.read_json(marker)["teacher"]
+    marker = storage.join(out, TEACHER_MARKER)
+    legacy = storage.join(out, LEGACY_MARKER)
+    found = marker if storage.is_file(marker) else legacy if storage.is_file(legacy) else ""
+    if found:
+        existing = storage.read_json(found)["teacher"]
         if existing != teacher_id:
             raise TeacherMismatchError(
                 f"{out} holds pseudo-labels from teacher '{existing}', not '{teacher_id}': "
@@ -56,12 +60,12 @@ def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
                            f"but the Ray cluster has {have:g}; set label.num_gpus_per_actor=0 for CPU")
 
 
-def run_labeling(images: str | Iterable[dict], out: str | Path, teacher_spec: dict, teacher_id: str,
-                 image_size: int, cfg: LabelConfig) -> dict:
+def run_labeling(images: str | Iterable[dict], out: str | Path, teacher: TeacherRef, cfg: LabelConfig) -> dict:
     """Label the images of a manifest (its location) or of image dicts (written to out/manifest.parquet)
-    that `out` (a folder or URI) does not hold yet; returns the summary (also out/summary.json)."""
+    that `out` (a folder or URI) does not hold yet, with `teacher`; returns the summary (also
+    out/summary.json)."""
     out = storage.normalize(out)
-    claim_output(out, teacher_id)
+    claim_output(out, teacher.id)
     manifest = images if isinstance(images, str) else write_manifest(images, out)
     check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
     run_id = new_run_id()
@@ -73,7 +77,7 @@ def run_labeling(images: str | Iterable[dict], out: str | Path, teacher_spec: di
         pending += sum(len(s["images"]) for s in window)
         windows.append(_window_dataset(window))
     opened = time.time()  # wall clock: compared with the actors' (one node: exact)
-    rows = _label_shards(windows, len(shard_names), out, teacher_spec, teacher_id, image_size, cfg)
+    rows = _label_shards(windows, len(shard_names), out, teacher, cfg)
     actor_start = max(0.0, float(min(r["started"] for r in rows)) - opened) if rows else 0.0
     return summarise(out, manifest, {"id": run_id, "shards": shard_names, "images_pending": pending,
                                      "seconds": time.perf_counter() - start, "actor_start_seconds": actor_start,
@@ -87,8 +91,8 @@ def _window_dataset(shards: list[dict]) -> ray.data.Dataset:
                                override_num_blocks=len(shards))
 
 
-def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, teacher_spec: dict, teacher_id: str,
-                  image_size: int, cfg: LabelConfig) -> list[dict]:
+def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, teacher: TeacherRef,
+                  cfg: LabelConfig) -> list[dict]:
     """Label every window through ONE actor pool: an actor is a fresh Python process (Ray never hands
     an actor an idle or prestarted worker) that imports torch and the model code and builds the
     teacher (3-4 s on 2 CPUs, far more for a large teacher on a GPU): that is the run's
@@ -101,10 +105,7 @@ def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, te
                                       max_size=max(cfg.max_actors, cfg.num_actors))
     ds = ds.map_batches(
         TeacherPredictor, batch_size=1, compute=pool,
-        fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=out, teacher_id=teacher_id,
-                                   image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
-                                   batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
-                                   torch_threads=cfg.torch_threads, nms_iou=cfg.nms_iou),
+        fn_constructor_kwargs=dict(teacher=teacher, out_dir=out, cfg=cfg),
         num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
     return ds.take_all()
 

@@ -6,81 +6,61 @@ rest of its shard is labeled as usual.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-from dataclasses import fields
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
+from torch import nn
 
 from sskd_ray import storage
-from sskd_ray.config import ModelConfig
-from sskd_ray.data.decode import decode_image
-from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple
+from sskd_ray.config import LabelConfig
 from sskd_ray.data.pseudo_labels import write_shard
 from sskd_ray.models.build import build_model
+from sskd_ray.models.checkpoint import ModelCard, load_trained
+from sskd_ray.models.inference import predict_arrays, read_images
 from sskd_ray.models.postprocess import instances_to_coco, select_instances
 
 
-def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
-    """spec: {"model": ModelConfig fields, "class_names": [...], "checkpoint": path to a state dict or ""}."""
-    known = {f.name for f in fields(ModelConfig)}
+@dataclass
+class TeacherRef:
+    """Which teacher labels: a trained model's folder, or (folder "") the model its card describes, as
+    configured (the built-in teacher with its shipped weights; random weights in smoke runs)."""
+    card: ModelCard  # classes, category ids and the input sizes it runs at
+    id: str  # stored with every label: a store holds one teacher's labels
+    folder: str = ""
+
+
+def load_teacher(teacher: TeacherRef, device: torch.device | str = "cpu") -> nn.Module:
+    if teacher.folder:
+        return load_trained(teacher.folder, device)[0]
     torch.manual_seed(0)  # random-weight teachers (smoke) must be the same model in every actor
-    model = build_model(ModelConfig(**{k: v for k, v in spec["model"].items() if k in known}), spec["class_names"])
-    if spec.get("checkpoint"):
-        state = io.BytesIO(storage.read_bytes(spec["checkpoint"]))  # a local file or a URI
-        model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
-    return model.eval()
+    return build_model(teacher.card.model, teacher.card.class_names).to(device).eval()
 
 
 class TeacherPredictor:
-    def __init__(self, spec: dict, out_dir: str, teacher_id: str, image_size: int, score_threshold: float,
-                 top_k: int, batch_size: int, max_pixels: int, torch_threads: int = 1, nms_iou: float = 0.5):
-        torch.set_num_threads(max(1, torch_threads))  # several actors share the cores: no oversubscription
+    def __init__(self, teacher: TeacherRef, out_dir: str, cfg: LabelConfig):
+        torch.set_num_threads(max(1, cfg.torch_threads))  # several actors share the cores: no oversubscription
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = build_teacher_from_spec(spec).to(self.device)
-        self.category_ids = spec["category_ids"]
+        self.model = load_teacher(teacher, self.device)
+        self.teacher, self.cfg = teacher, cfg
         self.out_dir = storage.normalize(out_dir)
-        self.teacher_id = teacher_id
-        # native aspect: short side from the card's "inference" sizes, else `image_size`; long side capped there
-        self.short_side, self.max_side = inference_sizes(spec, image_size)
-        self.multiple = size_multiple(self.model)
-        self.score_threshold, self.top_k, self.nms_iou = score_threshold, top_k, nms_iou
-        self.batch_size, self.max_pixels = batch_size, max_pixels
-
-    def _predict(self, arrays: list[np.ndarray]) -> list[list]:
-        out = []
-        for s in range(0, len(arrays), self.batch_size):
-            chunk = arrays[s:s + self.batch_size]
-            with torch.inference_mode():
-                batch, sizes = prepare_arrays(chunk, self.short_side, self.max_side, self.multiple, self.device)
-                result = self.model(batch, image_sizes=sizes)
-                out += select_instances(result, [a.shape[:2] for a in chunk], self.score_threshold, self.nms_iou,
-                                        self.top_k, image_sizes=sizes, input_size=tuple(batch.shape[-2:]))
-        return out
+        self.select = partial(select_instances, score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou,
+                              max_instances=cfg.top_k)
 
     def label_shard(self, shard: str, images: list[dict]) -> dict:
         started, start = time.time(), time.perf_counter()  # wall clock: compared with the driver's (actor start)
-        decoded, errors = [], []
-        for im in images:
-            try:
-                data = storage.read_bytes(im["path"])
-            except OSError as err:
-                errors.append({"path": im["path"], "reason": f"cannot read: {err}"})
-                continue
-            array, reason = decode_image(data, self.max_pixels)
-            if array is None:
-                errors.append({"path": im["path"], "reason": reason})
-            else:
-                decoded.append((im, array))
-        instances = self._predict([a for _, a in decoded]) if decoded else []
+        errors: list[dict] = []
+        readable = read_images(images, self.cfg.max_image_pixels, errors)
         rows = []
-        for (im, array), insts in zip(decoded, instances):
-            coco = instances_to_coco(insts, im["image_id"], self.category_ids)
+        for im, array, insts in predict_arrays(self.model, readable, self.teacher.card.inference, self.select,
+                                               self.cfg.batch_size, self.device):
+            coco = instances_to_coco(insts, im["image_id"], self.teacher.card.category_ids)
             rows.append({"image_id": im["image_id"], "file_name": im["file_name"], "height": array.shape[0],
-                         "width": array.shape[1], "teacher": self.teacher_id,
+                         "width": array.shape[1], "teacher": self.teacher.id,
                          "key": im.get("key", im["path"]),  # the store's image key (pseudo_labels.py)
                          "instances": [{"category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
                                         "segmentation": r["segmentation"]["counts"]} for r in coco]})

@@ -196,7 +196,7 @@ def margin_hinge(anchors: torch.Tensor, positives: torch.Tensor, negatives_pool:
 
 
 def contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor, pool: torch.Tensor,
-                     qhat_anchor: torch.Tensor | None, qhat_pool: torch.Tensor | None, num_negatives: int,
+                     qhat_anchor: torch.Tensor | None, qhat_pool: torch.Tensor | None, num_negatives: int, *,
                      temperature: float = 0.1, power: float = 1.0, form: str = "infonce", margin: float = 0.2,
                      exclude: torch.Tensor | None = None, generator: torch.Generator | None = None,
                      chunk: int = 1024, rounds: int = 4) -> tuple[torch.Tensor, NegativePlan]:

@@ -142,7 +142,7 @@ def build_model(cfg: ModelConfig, class_names: list[str]) -> nn.Module:
     """The one entry point the pipeline uses, for teacher and student alike."""
     if cfg.kind == "gdino_sam2":
         # transformers' Grounding-DINO takes seconds to import: only a VFM teacher pays for it
-        from sskd_ray.models.teacher import build_grounding_sam_teacher
+        from sskd_ray.models.teacher_build import build_grounding_sam_teacher
 
         return build_grounding_sam_teacher(cfg, class_names)
     return build_maskformer(cfg, len(class_names))

@@ -16,41 +16,31 @@ Large vocabularies run as several prompt chunks (prompts.py) in ONE detector cal
 repeated once per chunk (rows k * B + b). The detector's public API has no way to reuse the Swin
 features across different texts, so the vision backbone runs once per chunk; with <= 256 tokens of
 class names (Cityscapes, the demo) there is one chunk.
+
+The model's builder is `teacher_build.py` (it imports transformers' detector and SAM2 classes, which
+take seconds); its training losses are `sskd_ray/losses/teacher_adaptation.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl, apply_activation_checkpointing,
-                                                                         checkpoint_wrapper)
-from transformers import AutoTokenizer, GroundingDinoForObjectDetection, MMGroundingDinoForObjectDetection, Sam2Model
-from transformers.models.grounding_dino.modeling_grounding_dino import build_label_maps, build_text_mask
 
-from sskd_ray.config import ModelConfig
-from sskd_ray.losses.set_loss import dice_loss
 from sskd_ray.models.encoders import IMAGENET_NORM
 from sskd_ray.models.outputs import SegOutput
-from sskd_ray.models.sam2_backend import META_SAM2, build_meta_sam2
-from sskd_ray.models.prompts import PromptChunks, chunk_prompts
-from sskd_ray.models.teacher_configs import (build_tiny_bert_tokenizer, detector_class, full_teacher_configs,
-                                             tiny_teacher_configs)
-from sskd_ray.models.teacher_frames import (PAD_LOGIT, content_sizes, cxcywh_to_xyxy, long_side_size, masks_to_boxes,
-                                            output_frame, resize_contents, short_side_size, square_to_frame,
-                                            xyxy_to_cxcywh)
+from sskd_ray.models.prompts import PromptChunks
+from sskd_ray.models.teacher_frames import (PAD_LOGIT, content_sizes, cxcywh_to_xyxy, long_side_size, output_frame,
+                                            resize_contents, short_side_size, square_to_frame)
 from sskd_ray.models.teacher_segmenters import HF_SAM2, SegmenterBackend
-from sskd_ray.models.weights import load_pretrained
-
-DETECTORS = {"grounding-dino": GroundingDinoForObjectDetection, "mm-grounding-dino": MMGroundingDinoForObjectDetection}
 
 
 @dataclass
 class TeacherPass:
-    """One forward of both models over a batch, shared by the fused output and the training losses."""
+    """One forward of both models over a batch, shared by the fused output and the training losses
+    (losses/teacher_adaptation.py)."""
     det: Any  # the detector's output over K * B rows
     sizes: list[tuple[int, int]]  # content sizes in the input frame
     frame: tuple[int, int]  # the input frame (H, W)
@@ -125,7 +115,7 @@ class GroundingSamTeacher(nn.Module):
         per_class = per_class.masked_fill(~own[None, :, None, :], float("-inf"))
         return per_class.sigmoid().flatten(1, 2)
 
-    def _segment(self, embeddings: Any, boxes_xyxy: torch.Tensor, seg_sizes: list[tuple[int, int]]):
+    def segment_boxes(self, embeddings: Any, boxes_xyxy: torch.Tensor, seg_sizes: list[tuple[int, int]]):
         """Content-normalised xyxy boxes (B, n, 4) -> SAM2 mask logits over its square, IoU (B, n)."""
         scale = boxes_xyxy.new_tensor([[w, h, w, h] for h, w in seg_sizes])[:, None]  # (B, 1, 4)
         return self.backend.decode(self.segmenter, embeddings, boxes_xyxy * scale)
@@ -139,7 +129,7 @@ class GroundingSamTeacher(nn.Module):
         with torch.set_grad_enabled(masks_with_grad and torch.is_grad_enabled()):
             mask_logits, class_logits = self._fused_masks(p)
         feats = self.embed_head(self.backend.embedding_map(p.embeddings))  # (B, D, s/16, s/16)
-        embed = F.normalize(self._to_frame(feats, p, feats.shape[-1], 0.0), dim=1)
+        embed = F.normalize(self.to_frame(feats, p, feats.shape[-1], 0.0), dim=1)
         return SegOutput(mask_logits, class_logits, embed)
 
     def _fused_masks(self, p: TeacherPass) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,13 +140,13 @@ class GroundingSamTeacher(nn.Module):
         top = probs.amax(-1).topk(min(self.num_boxes, probs.shape[1]), dim=1).indices  # (B, N)
         probs = probs.gather(1, top[..., None].expand(-1, -1, probs.shape[-1]))
         boxes = cxcywh_to_xyxy(boxes.gather(1, top[..., None].expand(-1, -1, 4))).clamp(0, 1)  # content-normalised
-        masks, iou = self._segment(p.embeddings, boxes, p.seg_sizes)  # (B, N, s, s), (B, N) in [0, 1]
-        mask_logits = self._to_frame(masks, p, masks.shape[-1], PAD_LOGIT)
+        masks, iou = self.segment_boxes(p.embeddings, boxes, p.seg_sizes)  # (B, N, s, s), (B, N) in [0, 1]
+        mask_logits = self.to_frame(masks, p, masks.shape[-1], PAD_LOGIT)
         scored = (probs * iou[..., None]).clamp(1e-6, 1 - 1e-6)
         no_object = (1 - scored.amax(-1, keepdim=True)).clamp_min(1e-6)
         return mask_logits, torch.cat([scored.log(), no_object.log()], dim=-1)
 
-    def _to_frame(self, maps: torch.Tensor, p: TeacherPass, side: int, fill: float) -> torch.Tensor:
+    def to_frame(self, maps: torch.Tensor, p: TeacherPass, side: int, fill: float) -> torch.Tensor:
         scale, out = output_frame(p.frame, side)
         contents = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in p.sizes]
         s = self.segmenter_size
@@ -164,140 +154,3 @@ class GroundingSamTeacher(nn.Module):
 
     def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> SegOutput:
         return self.fuse(self.run(images, image_sizes))
-
-    # -- training -----------------------------------------------------------------------------------
-    def forward_train(self, images: torch.Tensor, groups: dict[str, tuple[torch.Tensor, list[dict]]],
-                      image_sizes: list[tuple[int, int]] | None = None, need_output: bool = True
-                      ) -> tuple[SegOutput | None, dict[str, dict[str, torch.Tensor]]]:
-        """One forward of both models over the batch -> the fused output (for L_con; None when
-        `need_output` is False: fine-tuning needs only the losses) and, per group name ("sup", "pl"),
-        the adaptation losses of its images: groups[name] = (indices into the batch, targets
-        {"labels" (n,), "masks" (n, H, W) bool in the input frame}). The output's embeddings carry
-        gradients; its masks and class logits do not (L_con uses them detached: `fuse`)."""
-        p = self.run(images, image_sizes)
-        losses = {name: self.group_losses(p, idx, targets) for name, (idx, targets) in groups.items()}
-        return (self.fuse(p, masks_with_grad=False) if need_output else None), losses
-
-    def adaptation_loss(self, images: torch.Tensor, targets: list[dict],
-                        image_sizes: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
-        """Teacher adaptation: Grounding-DINO's own detection loss + BCE/Dice of SAM2 masks prompted
-        with the ground-truth boxes, over the whole batch."""
-        idx = torch.arange(images.shape[0], device=images.device)
-        return self.group_losses(self.run(images, image_sizes), idx, targets)
-
-    def group_losses(self, p: TeacherPass, idx: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-        if len(idx) != len(targets):
-            raise ValueError(f"a group has {len(idx)} images but {len(targets)} targets")
-        device = p.det.logits.device
-        boxes = []  # per image: (n, 4) xyxy normalised by its content size
-        for b, t in zip(idx.tolist(), targets):
-            h, w = p.sizes[b]
-            masks = t["masks"].to(device)[:, :h, :w]
-            boxes.append(masks_to_boxes(masks) / torch.tensor([w, h, w, h], device=device, dtype=torch.float32))
-        return {"loss_detection": self._detection_loss(p, idx, targets, boxes),
-                "loss_mask": 5.0 * self._mask_loss(p, idx, targets, boxes)}
-
-    def _detection_loss(self, p: TeacherPass, idx: torch.Tensor, targets: list[dict],
-                        boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Grounding-DINO's loss on the rows of the group's images, one row per (chunk, image); each
-        target goes to the row of its class's chunk, labelled by its phrase index there."""
-        k, batch, det = self.input_ids.shape[0], len(p.sizes), p.det
-        rows, labels = [], []
-        for chunk in range(k):
-            for b, t, xyxy in zip(idx.tolist(), targets, boxes):
-                cls = t["labels"].to(det.logits.device)
-                keep = self.class_chunk[cls] == chunk
-                rows.append(chunk * batch + b)
-                labels.append({"class_labels": self.class_local[cls[keep]], "boxes": xyxy_to_cxcywh(xyxy[keep])})
-        if not rows:
-            return det.logits.sum() * 0.0
-        rows_t = torch.tensor(rows, device=det.logits.device)
-        logits = det.logits[rows_t]
-        input_ids = self.input_ids.repeat_interleave(batch, 0)[rows_t]
-        attention = self.attention_mask.repeat_interleave(batch, 0)[rows_t]
-        pick = (lambda x: None if x is None else x[rows_t])
-        loss, _, _ = self.detector.loss_function(
-            logits, labels, logits.device, det.pred_boxes[rows_t], self.detector.config,
-            build_label_maps(logits, input_ids), build_text_mask(logits, attention),
-            outputs_class=None, outputs_coord=None, encoder_logits=pick(det.encoder_logits),
-            encoder_pred_boxes=pick(det.encoder_pred_boxes))
-        return loss
-
-    def _mask_loss(self, p: TeacherPass, idx: torch.Tensor, targets: list[dict],
-                   boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Mean BCE + Dice of SAM2's masks for the ground-truth boxes, on the content of each image at
-        the masks' output resolution (images have different instance counts: one image at a time)."""
-        total, count = p.det.logits.new_zeros(()), 0
-        s = self.segmenter_size
-        for b, t, xyxy in zip(idx.tolist(), targets, boxes):
-            if len(xyxy) == 0:
-                continue
-            one = self.backend.select(p.embeddings, b)
-            logits, _ = self._segment(one, xyxy[None], [p.seg_sizes[b]])  # (1, n, m, m)
-            scale, _ = output_frame(p.frame, logits.shape[-1])
-            h, w = p.sizes[b]
-            out = (max(1, round(h * scale)), max(1, round(w * scale)))
-            (sh, sw) = p.seg_sizes[b]
-            pred = square_to_frame(logits, [(sh / s, sw / s)], [out], out, 0.0)[0].flatten(1)  # (n, ho*wo)
-            gt = F.interpolate(t["masks"][None, :, :h, :w].float().to(pred.device), size=out, mode="bilinear",
-                               align_corners=False)[0].flatten(1)
-            bce = F.binary_cross_entropy_with_logits(pred, gt, reduction="none").mean(1)
-            total = total + (bce + dice_loss(pred, gt)).sum()
-            count += len(xyxy)
-        return total / max(count, 1)
-
-
-def build_grounding_sam_teacher(cfg: ModelConfig, class_names: list[str]) -> GroundingSamTeacher:
-    """`preset: tiny` (width 32, random, 128 px), `full` with `pretrained: ""|random` (the released
-    architectures, random weights), else the checkpoints `cfg.detector` / `cfg.segmenter`."""
-    if cfg.detector_kind not in ("", *DETECTORS):
-        raise ValueError(f"teacher.detector_kind '{cfg.detector_kind}' is not one of {['', *DETECTORS]}")
-    if cfg.preset == "tiny":
-        tokenizer, vocab_size = build_tiny_bert_tokenizer(class_names)
-        det_cfg, seg_cfg = tiny_teacher_configs(128, vocab_size, max_text_len=cfg.max_text_len or 32,
-                                                mm=cfg.detector_kind == "mm-grounding-dino")
-        detector, segmenter = DETECTORS[cfg.detector_kind or "grounding-dino"](det_cfg), None
-        short_side, max_side = 128, 128
-    elif cfg.preset == "full" and cfg.pretrained in ("", "random"):
-        tokenizer, _ = build_tiny_bert_tokenizer(class_names)  # BERT's special ids; words map into its vocab
-        det_cfg, seg_cfg = full_teacher_configs()
-        if cfg.max_text_len:
-            det_cfg.max_text_len = cfg.max_text_len
-        detector, segmenter = DETECTORS[cfg.detector_kind or "mm-grounding-dino"](det_cfg), None
-        short_side, max_side = cfg.detector_short_side, cfg.detector_max_side
-    else:
-        tokenizer = load_pretrained(AutoTokenizer, cfg.detector)
-        detector = load_pretrained(detector_class(cfg.detector, cfg.detector_kind), cfg.detector)
-        segmenter = load_pretrained(Sam2Model, cfg.segmenter) if cfg.segmenter_backend == "transformers" else None
-        seg_cfg = None
-        short_side, max_side = cfg.detector_short_side, cfg.detector_max_side
-    backend = HF_SAM2
-    if cfg.segmenter_backend == "transformers" and segmenter is None:
-        segmenter = Sam2Model(seg_cfg)
-    if cfg.segmenter_backend == "sam2":  # Meta's package: cfg.segmenter = "<config>" or "<config>:<checkpoint.pt>"
-        config, _, checkpoint = (cfg.segmenter if cfg.preset != "tiny" else "sam2.1_hiera_t").partition(":")
-        segmenter, backend = build_meta_sam2(config, "" if cfg.pretrained in ("", "random") else checkpoint), META_SAM2
-    elif cfg.segmenter_backend != "transformers":
-        raise ValueError(f"teacher.segmenter_backend '{cfg.segmenter_backend}' is not 'transformers' or 'sam2'")
-    max_text_len = min(cfg.max_text_len or detector.config.max_text_len, detector.config.max_text_len)
-    chunks = chunk_prompts(class_names, tokenizer, max_text_len)
-    teacher = GroundingSamTeacher(detector, segmenter, chunks, cfg.num_queries, cfg.embed_dim, short_side, max_side,
-                                  backend)
-    if cfg.freeze_text_encoder:
-        for param in teacher.detector.model.text_backbone.parameters():
-            param.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        checkpoint_detector_layers(teacher.detector)
-    return teacher
-
-
-def checkpoint_detector_layers(detector: nn.Module) -> int:
-    """Recompute each Grounding-DINO encoder and decoder layer in backward instead of keeping its
-    activations: at 800 x 1600 the encoder's image-text fusion holds ~1 GB per layer (8 heads x 107k
-    image tokens x 256 text tokens), more than a 24 GB card has for the whole step. torch's checkpoint
-    wrapper keeps the state-dict keys unchanged. Returns how many layers were wrapped."""
-    layers = [*detector.model.encoder.layers, *detector.model.decoder.layers]
-    chosen = {id(layer) for layer in layers}
-    apply_activation_checkpointing(detector.model, checkpoint_wrapper_fn=partial(
-        checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT), check_fn=lambda m: id(m) in chosen)
-    return len(layers)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sskd_ray import storage
+from sskd_ray.config import DataConfig
 from sskd_ray.data.coco import load_coco
 from sskd_ray.data.store_reader import ShareSamples, StoreShare
 from sskd_ray.data.views import ViewPair, make_views
@@ -40,11 +41,12 @@ class ViewSizes:
     scale_jitter: tuple[float, float] = (1.0, 1.0)
 
     @classmethod
-    def from_data(cls, data: dict) -> "ViewSizes":
-        """From a stage's data dict; a dict without the native-aspect keys gives the square recipe."""
-        short = int(data.get("train_short_side") or data["image_size"])
-        crop = data.get("crop_size") or [short, short]
-        return cls(short, (int(crop[0]), int(crop[1])), tuple(float(v) for v in data.get("scale_jitter", (1.0, 1.0))))
+    def from_config(cls, data: DataConfig, image_size: int) -> ViewSizes:
+        """`data.train_short_side` (0: the model's `image_size`), a `crop_size` crop (empty: a square of
+        the short side) after scaling by U(`scale_jitter`)."""
+        short = data.train_short_side or image_size
+        crop = data.crop_size or [short, short]
+        return cls(short, (int(crop[0]), int(crop[1])), (float(data.scale_jitter[0]), float(data.scale_jitter[1])))
 
 
 @dataclass

@@ -1,34 +1,32 @@
 """The one training loop every stage runs inside Ray Train workers (`train_loop_per_worker`).
 
-A stage is a plain dict (`StageSpec.loop_config()`): which model and start weights, which loss
-terms, the optimiser and schedule, the data paths. Progress is counted in iterations stored inside
+A stage arrives as its typed `StageSpec` (train/stages.py): which model and start weights, which loss
+terms, the optimiser and schedule, the data. Progress is counted in iterations stored inside
 each checkpoint, so a restarted worker group continues where the last registered checkpoint left
 off and sees the same batches it would have seen (they are drawn from (seed, iteration)).
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from sskd_ray import storage
-from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray import tracking
 from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
+from sskd_ray.models.checkpoint import ModelCard, read_weights, save_trained
 from sskd_ray.models.freeze import apply_freeze, param_groups
 from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
 from sskd_ray.train.prefetch import BatchPrefetcher
 
-MODEL_FILE, STATE_FILE, METRICS_FILE, HISTORY_FILE = "model.pt", "state.pt", "metrics.json", "history.json"
+STATE_FILE, METRICS_FILE, HISTORY_FILE = "state.pt", "metrics.json", "history.json"
 FAULT_ENV = "SSKD_FAULT_AT_ITERATION"  # tests: "N:marker-path" makes one worker die once at iteration N
 
 
@@ -41,22 +39,20 @@ def lr_factor(schedule: str, iteration: int, total: int) -> float:
     return 0.1 ** ((iteration >= 0.9 * total) + (iteration >= 0.95 * total))
 
 
-def _dataclass(cls, values: dict):
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in known})
+def log_interval(stage) -> int:
+    """Iterations per logged row: `stage.log_every`, or about 20 rows a stage (every 1 to 10 iterations)."""
+    return stage.log_every or max(1, min(10, stage.iterations // 20 or 1))
 
 
-def build_stage_model(config: dict) -> torch.nn.Module:
-    """The stage's model: built from its config (pretrained weights as configured), then the start
-    checkpoint if the stage continues another (refinement starts from the distilled student)."""
-    torch.manual_seed(config["seed"])
-    model_cfg = _dataclass(ModelConfig, config["model"])
-    model = build_model(model_cfg, config["class_names"])
-    if config.get("init"):
-        state = io.BytesIO(storage.read_bytes(config["init"]))  # a local file or a URI
-        model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
-    if model_cfg.freeze:
-        apply_freeze(model, model_cfg.freeze)
+def build_stage_model(spec) -> torch.nn.Module:
+    """The stage's model: built from its config (pretrained weights as configured), then the trained
+    model it continues, if any (refinement starts from the distilled student)."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, spec.class_names)
+    if spec.init:
+        model.load_state_dict(read_weights(spec.init))
+    if spec.model.freeze:
+        apply_freeze(model, spec.model.freeze)
     return model
 
 
@@ -78,9 +74,12 @@ def _reduce_mean(values: list[float], world: int, device: torch.device) -> list[
     return t.tolist()
 
 
-def _save(model: torch.nn.Module, optimizer, iteration: int, history: list, skipped: dict, metrics: dict | None) -> str:
+def _save(model: torch.nn.Module, card: ModelCard, optimizer, iteration: int, history: list, skipped: dict,
+          metrics: dict | None) -> str:
+    """A Ray Train checkpoint: the trained model's folder (config.json + model.safetensors), plus the
+    optimizer state and the iteration to resume from."""
     folder = tempfile.mkdtemp(prefix="sskd-ckpt-")
-    torch.save(model.state_dict(), Path(folder) / MODEL_FILE)
+    save_trained(folder, model, card)
     torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration, "skipped": skipped},
                Path(folder) / STATE_FILE)
     (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
@@ -89,65 +88,62 @@ def _save(model: torch.nn.Module, optimizer, iteration: int, history: list, skip
     return folder
 
 
-def _evaluate(model: torch.nn.Module, config: dict, device: torch.device, rank: int = 0, world: int = 1) -> dict:
+def _evaluate(model: torch.nn.Module, spec, device: torch.device, rank: int = 0, world: int = 1) -> dict:
     """Every rank predicts its share of the val split (a collective: all ranks call this together);
     rank 0 gets the mask metrics, the others {}."""
-    data = config["data"]
-    inference = data.get("inference") or {}
-    metrics, _ = evaluate_distributed(model, data["val_json"], data["val_images"],
-                                      inference.get("short_side", data["image_size"]), rank, world, device=device,
-                                      max_side=inference.get("max_side", 0), category_ids=config.get("category_ids"))
+    sizes = spec.inference
+    metrics, _ = evaluate_distributed(model, spec.inputs.val_json, spec.inputs.val_images, sizes.short_side, rank,
+                                      world, device=device, max_side=sizes.max_side, category_ids=spec.category_ids)
     return {k: v for k, v in (metrics or {}).items() if k.startswith("mask_")}
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """config: {"spec": StageSpec, "card": the ModelCard to save with, "tracking_uri", "run_id"}."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    spec = config["spec"]
+    stage, inputs = spec.stage, spec.inputs
+    torch.set_num_threads(stage.cpus_per_worker)
     device = ray.train.torch.get_device()
-    stage = _dataclass(StageConfig, config["stage"])
-    loss_cfg = _dataclass(LossConfig, config["loss"])
-    data = config["data"]
-    model = build_stage_model(config)
+    model = build_stage_model(spec)
     optimizer = torch.optim.AdamW(param_groups(model, stage.lr, stage.backbone_lr_mult, stage.weight_decay))
     start, history, skipped = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(torch.load(Path(folder) / MODEL_FILE, map_location="cpu", weights_only=True))
+            model.load_state_dict(read_weights(folder))
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
             optimizer.load_state_dict(state["optimizer"])
             start, skipped = state["iteration"], state["skipped"]
             history = [row for row in json.loads((Path(folder) / HISTORY_FILE).read_text()) if row["iteration"] <= start]
         history.append({"iteration": start, "event": "resumed"})
-        print(f"[{config['name']}] rank {rank}: resumed from the checkpoint at iteration {start}", flush=True)
+        print(f"[{spec.name}] rank {rank}: resumed from the checkpoint at iteration {start}", flush=True)
     # find_unused_parameters: some configs leave parameters out of the graph (a decoder with fewer
     # layers than feature levels never reads the last level's projection)
-    objective = ray.train.torch.prepare_model(Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive),
+    objective = ray.train.torch.prepare_model(Objective(model, spec.loss, stage.use_pseudo_labels, stage.use_contrastive),
                                               parallel_strategy_kwargs={"find_unused_parameters": True})
     plain = objective.module.model if hasattr(objective, "module") else objective.model
-    enable_image_cache(data.get("image_cache_dir", ""), data.get("image_cache_gb", 0.0))  # object-store images only
-    ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
-                            data.get("pseudo_dir", "") if stage.use_pseudo_labels else "", data.get("pseudo_images", ""),
-                            data.get("score_threshold", 0.3), rank, world)
+    enable_image_cache(spec.data.image_cache_dir, spec.data.image_cache_gb)  # object-store images only
+    ts = build_training_set(inputs.labeled_json, inputs.labeled_images, spec.model.image_size,
+                            inputs.pseudo_dir if stage.use_pseudo_labels else "", inputs.pseudo_images,
+                            spec.score_threshold, rank, world)
     ts.skipped.update(skipped)
-    pseudo_share = data.get("pseudo_share", 0.5) if stage.use_pseudo_labels else 0.0
-    amp = device.type == "cuda" and config.get("amp", True)
+    pseudo_share = stage.pseudo_share if stage.use_pseudo_labels else 0.0
+    amp = device.type == "cuda" and stage.amp
     # negative sampling draws on the training device: a CPU generator cannot fill CUDA tensors
-    generator = torch.Generator(device=device).manual_seed(config["seed"] * 1000 + rank)
-    log_every = max(1, int(config.get("log_every", 10)))
+    generator = torch.Generator(device=device).manual_seed(spec.seed * 1000 + rank)
+    log_every = log_interval(stage)
     window: dict[str, list[float]] = {}
-    tracking = config.get("tracking") or {}
     began, began_it = time.perf_counter(), start
     con_timer = (objective.module if hasattr(objective, "module") else objective).contrastive_timer
     # batches are drawn ahead on a thread (decoding off the training thread), still one pure function
-    # of (seed, iteration, rank) each; `data.prefetch` = 0 draws them in the loop
-    sizes = ViewSizes.from_data(data)
-    batches = BatchPrefetcher(lambda i: draw_batch(ts, i, config["seed"], stage.batch_size, rank, world, pseudo_share, sizes),
-                              start, stage.iterations, int(data.get("prefetch", 2)), skipped=lambda: ts.skipped)
+    # of (seed, iteration, rank) each; `stage.prefetch` = 0 draws them in the loop
+    sizes = ViewSizes.from_config(spec.data, spec.model.image_size)
+    batches = BatchPrefetcher(lambda i: draw_batch(ts, i, spec.seed, stage.batch_size, rank, world, pseudo_share, sizes),
+                              start, stage.iterations, stage.prefetch, skipped=lambda: ts.skipped)
     step_began = time.perf_counter()
     for it, batch in batches:
         _maybe_fail(it)
@@ -184,19 +180,17 @@ def train_loop_per_worker(config: dict) -> None:
             window = {}
             if rank == 0:
                 speed = (done - began_it) / (time.perf_counter() - began)
-                print(f"[{config['name']}] {done}/{stage.iterations} loss {row['loss']:.3f} "
+                print(f"[{spec.name}] {done}/{stage.iterations} loss {row['loss']:.3f} "
                       f"({speed:.2f} it/s, ~{(stage.iterations - done) / max(speed, 1e-9):.0f} s left)", flush=True)
         evaluate = (stage.eval_every and done % stage.eval_every == 0) or last
         if evaluate:  # every rank predicts its share of the val split; rank 0 scores
-            scores = _evaluate(plain, config, device, rank, world)
+            scores = _evaluate(plain, spec, device, rank, world)
             if rank == 0:
                 row = {**(row or {"iteration": done}), **scores}
         if row is not None and rank == 0:
             history.append(row)
-            if tracking.get("run_id"):
-                from sskd_ray import tracking as mlflow_tracking
-
-                mlflow_tracking.log_metrics(tracking["uri"], tracking["run_id"], row, step=done)
+            if config["run_id"]:
+                tracking.log_metrics(config["tracking_uri"], config["run_id"], row, step=done)
         if done % stage.checkpoint_every == 0 or last:
             report = {"iteration": done, "skipped_images": len(batches.skipped)}
             if rank == 0:
@@ -205,7 +199,7 @@ def train_loop_per_worker(config: dict) -> None:
                     metrics = {**{k: v for k, v in history[-1].items() if k.startswith("mask_")}, "iterations": done,
                                "skipped": batches.skipped, "world_size": world}
                     report.update({k: v for k, v in metrics.items() if k.startswith("mask_")})
-                folder = _save(plain, optimizer, done, history, batches.skipped, metrics)
+                folder = _save(plain, config["card"], optimizer, done, history, batches.skipped, metrics)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
                 shutil.rmtree(folder, ignore_errors=True)  # report() copied it into the run's storage
             else:

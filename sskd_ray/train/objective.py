@@ -3,8 +3,9 @@
     L = L_sup(labeled) + alpha * L_pl(pseudo-labeled) + lambda * L_con(weak vs strong, all images)
 
 It is an `nn.Module` whose forward computes the losses, so Ray Train's DDP wrapper sees one
-forward per step whatever the model (the Grounding-DINO + SAM2 teacher's supervised term is its
-own `adaptation_loss`, not the set loss). A stage switches terms off through its config.
+forward per step whatever the model (the Grounding-DINO + SAM2 teacher's supervised term is
+losses/teacher_adaptation.py, from the same forward, not the set loss). A stage switches terms off
+through its config.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from sskd_ray.losses.diagnostics import false_negative_rate, instance_margin
 from sskd_ray.losses.memory_bank import MemoryBank
 from sskd_ray.losses.point_sampling import real_sizes
 from sskd_ray.losses.set_loss import set_loss
+from sskd_ray.losses.teacher_adaptation import teacher_losses
 from sskd_ray.losses.timing import SectionTimer
 from sskd_ray.models.outputs import SegOutput
+from sskd_ray.models.teacher import GroundingSamTeacher
 
 
 def select(out: SegOutput, index: torch.Tensor) -> SegOutput:
@@ -82,15 +85,16 @@ class Objective(nn.Module):
         images = torch.cat([weak, strong]) if self.use_contrastive else weak
         zero = weak.new_zeros((), dtype=torch.float32)  # no graph
         terms = {"loss_sup": zero, "loss_pl": zero, "loss_con": zero}
-        if hasattr(self.model, "forward_train"):  # the VFM teacher: its own heads' losses, same forward
-            groups = {name: (idx, [targets[i] for i in idx.tolist()]) for name, idx in (("sup", lab), ("pl", pl))
-                      if len(idx)}
+        if isinstance(self.model, GroundingSamTeacher):  # the VFM teacher: its own heads' losses, same forward
             sizes = content_sizes(pad_mask) if pad_mask is not None else [tuple(weak.shape[-2:])] * b
             sizes += [tuple(strong.shape[-2:])] * (images.shape[0] - b)  # the strong crop has no padding
-            out, losses = self.model.forward_train(images, groups, sizes, need_output=self.use_contrastive)
-            for name, key in (("sup", "loss_sup"), ("pl", "loss_pl")):
-                if name in losses:
-                    terms[key] = sum(losses[name].values())
+            p = self.model.run(images, sizes)
+            for idx, key in ((lab, "loss_sup"), (pl, "loss_pl")):
+                if len(idx):
+                    terms[key] = sum(teacher_losses(self.model, p, idx, [targets[i] for i in idx.tolist()],
+                                                    self.cfg.mask_weight, self.cfg.dice_weight).values())
+            # L_con reads the masks and scores detached: they are fused without a graph
+            out = self.model.fuse(p, masks_with_grad=False) if self.use_contrastive else None
         else:
             out = self.model(images)
             out_w = select(out, torch.arange(b, device=weak.device)) if self.use_contrastive else out
@@ -146,8 +150,9 @@ class Objective(nn.Module):
         anchors, positives = anchors_all[keep][anchor_rows], positives_all[keep][anchor_rows]
         uniform = cfg.sampler == "uniform"  # uniform never draws the anchor's own pixel (its positive)
         loss, plan = contrastive_loss(anchors, positives, pool, None if uniform else qhat[anchor_rows],
-                                      None if uniform else cand_q, cfg.num_negatives, cfg.temperature, cfg.score_power,
-                                      cfg.loss_form, cfg.margin, anchor_rows if uniform else None, generator)
+                                      None if uniform else cand_q, cfg.num_negatives, temperature=cfg.temperature,
+                                      power=cfg.score_power, form=cfg.loss_form, margin=cfg.margin,
+                                      exclude=anchor_rows if uniform else None, generator=generator)
         neg = plan.index()  # (P, K) pool rows, for the diagnostics
         if self.bank is not None:
             self.bank.push(positives_all[keep], qhat)

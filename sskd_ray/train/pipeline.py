@@ -1,4 +1,4 @@
-"""The whole method (docs/method.md "The three stages") as one resumable pipeline.
+"""The whole method (docs/method.md, "The objective and the three stages") as one resumable pipeline.
 
     data -> teacher fine-tune -> pseudo-label -> teacher self-train (re-init, + L_con) -> pseudo-label
          -> student distillation (full objective) -> student refinement (labeled only)
@@ -13,18 +13,28 @@ child per stage and per pseudo-labeling pass.
 from __future__ import annotations
 
 import contextlib
-import io
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+import ray
+import torch
+import yaml
+
 from sskd_ray import storage, tracking
 from sskd_ray.config import Config, ConfigError, flatten_config, save_config
+from sskd_ray.data.builtin import build_builtin_dataset
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
+from sskd_ray.data.resize import InferenceSizes
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
-from sskd_ray.eval.report import fmt2
+from sskd_ray.eval.model_eval import evaluate_model
+from sskd_ray.eval.report import fmt2, write_report
+from sskd_ray.label.run import label_pool
+from sskd_ray.models.build import build_model
+from sskd_ray.models.checkpoint import CARD_FILE, WEIGHTS_FILE, is_trained_folder, make_card, save_trained
+from sskd_ray.ray_setup import check_shared_storage
 from sskd_ray.redaction import redact
-from sskd_ray.train.loop import MODEL_FILE
-from sskd_ray.train.stages import StageSpec, is_done, read_metrics, run_stage, write_model_spec
+from sskd_ray.train.stage_graph import STAGES, inputs_of, stage_config
+from sskd_ray.train.stages import StageInputs, StageSpec, is_done, read_metrics, run_stage
 
 STUDENT_STAGES = ("distill", "refine", "baseline")
 
@@ -50,8 +60,6 @@ def _absolute(dataset, image_ids: set[int]) -> dict:
 def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
     """Built-in data generated into the run, or the configured COCO files; labeled / unlabeled split."""
     if cfg.data.source == "builtin":
-        from sskd_ray.data.builtin import build_builtin_dataset
-
         root = build_builtin_dataset(storage.join(run_dir, "data"), cfg.data.builtin_train_images,
                                      cfg.data.builtin_val_images, cfg.data.builtin_image_size, cfg.data.seed,
                                      cfg.data.labeled_fraction)
@@ -88,8 +96,6 @@ def _check_same_config(cfg: Config, run_dir: str) -> None:
     saved = storage.join(run_dir, "config.yaml")
     if not storage.is_file(saved):
         return
-    import yaml
-
     old = yaml.safe_load(storage.read_text(saved))
     old_flat, new_flat = flatten_config(old), redact(flatten_config(cfg))  # config.yaml is stored redacted
     differ = sorted(k for k, v in new_flat.items() if old_flat.get(k) != v and not k.startswith(("tracking.", "run_dir")))
@@ -98,78 +104,44 @@ def _check_same_config(cfg: Config, run_dir: str) -> None:
                           f"use a new --run-dir, or the same config to resume")
 
 
-def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: str = "") -> dict:
-    d = cfg.data
-    short = d.train_short_side or image_size
-    return {"labeled_json": data.labeled_json, "labeled_images": storage.parent(data.labeled_json),
-            "val_json": data.val_json, "val_images": data.val_images, "image_size": image_size,
-            "pseudo_dir": pseudo_dir, "pseudo_images": storage.parent(data.unlabeled_json),
-            "score_threshold": cfg.label.score_threshold,
-            "image_cache_dir": cfg.data.image_cache_dir, "image_cache_gb": cfg.data.image_cache_gb,
-            # native aspect ratio (DataConfig): training views, and the sizes eval / labeling / predict use
-            "train_short_side": short, "scale_jitter": list(d.scale_jitter),
-            "crop_size": list(d.crop_size) or [short, short],
-            "inference": {"short_side": d.eval_short_side or image_size, "max_side": d.eval_max_side}}
-
-
 def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, StageSpec]:
-    """Every training stage of the pipeline, keyed by name, with its inputs wired to earlier outputs."""
+    """Every training stage of the pipeline (train/stage_graph.py), keyed by name, with its inputs wired
+    to earlier outputs in `run_dir`."""
     params = flatten_config(cfg)
-
-    def at(*parts: str) -> str:
-        return storage.join(run_dir, *parts)
-
-    common = dict(loss=cfg.loss, class_names=data.class_names, category_ids=data.category_ids, seed=cfg.seed,
-                  params=params, storage=at("ray_train"))
-    s = cfg.stages
-    baseline = replace(s.distill, iterations=s.distill.iterations + s.refine.iterations,
-                       use_pseudo_labels=False, use_contrastive=False)
-    teacher_size, student_size = cfg.teacher.image_size, cfg.student.image_size
-    return {
-        "teacher_finetune": StageSpec("teacher_finetune", at("teacher", "finetune"), cfg.teacher,
-                                      s.teacher_finetune, data=_stage_data(cfg, data, teacher_size), **common),
-        "teacher_selftrain": StageSpec("teacher_selftrain", at("teacher", "selftrain"), cfg.teacher,
-                                       s.teacher_selftrain,
-                                       data=_stage_data(cfg, data, teacher_size, at("pseudo", "finetune")),
-                                       **common),  # re-initialised from the pretrained teacher (no init)
-        "distill": StageSpec("distill", at("student", "distill"), cfg.student, s.distill,
-                             data=_stage_data(cfg, data, student_size, at("pseudo", "adapted")), **common),
-        "refine": StageSpec("refine", at("student", "refine"), cfg.student, s.refine,
-                            data=_stage_data(cfg, data, student_size),
-                            init=at("student", "distill", "final", "model.pt"), **common),
-        "baseline": StageSpec("baseline", at("student", "baseline"), cfg.student, baseline,
-                              data=_stage_data(cfg, data, student_size), **common),
-    }
+    specs = {}
+    for name, definition in STAGES.items():
+        inputs = StageInputs(data.labeled_json, storage.parent(data.labeled_json), data.val_json, data.val_images,
+                             pseudo_images=storage.parent(data.unlabeled_json))
+        if definition.labels_from:
+            inputs.pseudo_dir = storage.join(run_dir, "pseudo", definition.labels_pass)
+        init = storage.join(run_dir, *STAGES[definition.init_from].folder, "final") if definition.init_from else ""
+        specs[name] = StageSpec(name, storage.join(run_dir, *definition.folder), definition.role,
+                                getattr(cfg, definition.role), stage_config(cfg, name), cfg.loss, cfg.data, inputs,
+                                data.class_names, data.category_ids, cfg.label.score_threshold, cfg.seed, init,
+                                storage.join(run_dir, "ray_train"), params)
+    return specs
 
 
 def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_gpu: bool, weights_dir: str = "") -> dict:
     """The teacher before adaptation (zero-shot for a VFM or for the built-in teacher pretrained on the
     source domain, `pretrained: source`), evaluated once in a Ray task; cached in folder/metrics.json.
-    With `weights_dir`, the evaluated weights are also saved there as a teacher checkpoint (model.pt +
-    teacher.json) that pseudo-labeling can read (the ablations distill from the zero-shot teacher)."""
+    With `weights_dir`, the evaluated model is also saved there as a trained teacher folder that
+    pseudo-labeling can read (the ablations distill from the zero-shot teacher)."""
     if is_done(folder):
         return read_metrics(folder)
-    import ray
 
     # DEFAULT: not inside the caller's placement group (a Tune trial's holds no CPU for it)
     @ray.remote(num_gpus=1 if use_gpu else 0, scheduling_strategy="DEFAULT")
     def evaluate() -> dict:
-        import torch
-
-        from sskd_ray.eval.model_eval import evaluate_model
-        from sskd_ray.models.build import build_model
-
         torch.manual_seed(cfg.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = build_model(cfg.teacher, data.class_names).to(device)
+        sizes = InferenceSizes.from_config(cfg.data, cfg.teacher.image_size)
         if weights_dir:
-            buffer = io.BytesIO()
-            torch.save(model.state_dict(), buffer)
-            storage.write_bytes(storage.join(weights_dir, MODEL_FILE), buffer.getvalue())
-            write_model_spec(weights_dir, cfg.teacher, data.class_names, data.category_ids,
-                             _stage_data(cfg, data, cfg.teacher.image_size)["inference"])
-        metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.data.eval_short_side or cfg.teacher.image_size,
-                                    device=device, max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
+            save_trained(weights_dir, model, make_card(cfg.teacher, "teacher", data.class_names, data.category_ids,
+                                                       sizes, stage="teacher_initial", run=folder))
+        metrics, _ = evaluate_model(model, data.val_json, data.val_images, sizes.short_side, device=device,
+                                    max_side=sizes.max_side, category_ids=data.category_ids)
         return metrics
 
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}
@@ -181,8 +153,6 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
 def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, parent_run_id: str, uri: str) -> dict:
     """One labeling pass over the pool with a trained teacher (skipped when finished before),
     logged as a child of `parent_run_id` in the run's MLflow store `uri`."""
-    from sskd_ray.label.run import label_pool
-
     if is_done(out):
         return storage.read_json(storage.join(out, "summary.json"))
     cfg = replace(cfg, tracking=replace(cfg.tracking, uri=uri))
@@ -205,8 +175,6 @@ ROWS = (("teacher_initial", "Teacher, before adaptation"), ("teacher_finetune", 
 @contextlib.contextmanager
 def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
     """The run directory's config check, data, stage specs and MLflow parent run (reopened on resume)."""
-    from sskd_ray.ray_setup import check_shared_storage
-
     run_dir = storage.normalize(run_dir)
     check_shared_storage(run_dir)  # on a multi-node cluster, every node reads and writes here
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri, run_dir)
@@ -233,14 +201,11 @@ class PipelineRun:
 
     def prepare_inputs(self, name: str) -> None:
         """Run whatever stage `name` reads and is not there yet (earlier stages, labeling passes)."""
-        needs = {"teacher_selftrain": ["teacher_finetune"], "distill": ["teacher_finetune", "teacher_selftrain"],
-                 "refine": ["teacher_finetune", "teacher_selftrain", "distill"]}.get(name, [])
-        for earlier in needs:
+        for earlier in inputs_of(name):
             self.run_stage(earlier)
-        if name == "teacher_selftrain":
-            self.label("teacher_finetune", "finetune")
-        if name == "distill":
-            self.label("teacher_selftrain", "adapted")
+        definition = STAGES[name]
+        if definition.labels_from:
+            self.label(definition.labels_from, definition.labels_pass)
 
     def label(self, teacher_stage: str, out: str) -> dict:
         return pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
@@ -264,18 +229,16 @@ def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
             return {only: run.run_stage(only)}
         results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, storage.join(run.run_dir, "teacher", "initial"),
                                                                cfg.stages.teacher_finetune.use_gpu)}
-        for name in ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baseline"):
+        for name in STAGES:
             results[name] = run.run_stage(name)
         final = storage.join(run.run_dir, "student", "final")
-        if not storage.is_file(storage.join(final, "model.pt")):
+        if not is_trained_folder(final):
             storage.copy_tree(storage.join(run.specs["refine"].folder, "final"), final)
-        from sskd_ray.eval.report import write_report
-
         report = write_report(run.run_dir, results, ROWS, run.specs)
         uri, parent_id = run.uri, run.parent_id
         tracking.log_metrics(uri, parent_id, {f"{name}.{k}": v for name, m in results.items()
                                               for k, v in m.items() if k in ("mask_AP", "mask_AP50")})
         figures = [storage.join(run.run_dir, name) for name in ("losses.png", "predictions.png")]  # stages log theirs
-        tracking.log_artifacts(uri, parent_id, [report, storage.join(final, "teacher.json"), *figures])
-        tracking.log_artifacts(uri, parent_id, [storage.join(final, "model.pt")], artifact_path="student")
+        tracking.log_artifacts(uri, parent_id, [report, storage.join(final, CARD_FILE), *figures])
+        tracking.log_artifacts(uri, parent_id, [storage.join(final, WEIGHTS_FILE)], artifact_path="student")
     return results

@@ -1,12 +1,11 @@
 """Run one training stage on Ray Train and leave its results in its folder.
 
-    <folder>/final/model.pt       the trained weights (state dict)
-    <folder>/final/teacher.json   how to rebuild the model (what `jobs/pseudo_label.py --teacher` reads)
-    <folder>/final/metrics.json   a copy of the stage's metrics, for the model card
-    <folder>/metrics.json         mask AP / AP50 on the val split, iterations, wall time, skipped images
-    <folder>/history.json         loss terms, lr, diagnostics and periodic AP over iterations
-    <folder>/losses.png           the same as curves
-    <folder>/DONE                 written last: a stage with DONE is never trained again
+    <folder>/final/             the trained model (sskd_ray.models.checkpoint: config.json +
+                                model.safetensors) and a copy of metrics.json, for the model card
+    <folder>/metrics.json       mask AP / AP50 on the val split, iterations, wall time, skipped images
+    <folder>/history.json       loss terms, lr, diagnostics and periodic AP over iterations
+    <folder>/losses.png         the same as curves
+    <folder>/DONE               written last: a stage with DONE is never trained again
 
 The folder, like the checkpoint storage, may be local or a URI (s3://, gs://; sskd_ray.storage).
 Checkpoints live under `<storage>/<name>/`; re-running an interrupted stage with the same storage
@@ -22,35 +21,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sskd_ray import storage, tracking
-from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray.config import DataConfig, LossConfig, ModelConfig, StageConfig
+from sskd_ray.data.resize import InferenceSizes
 from sskd_ray.eval.plots import plot_history
+from sskd_ray.models.checkpoint import CARD_FILE, WEIGHTS_FILE, ModelCard, make_card
 from sskd_ray.ray_setup import check_shared_storage
 from sskd_ray.redaction import redact
-from sskd_ray.train.loop import FAULT_ENV, HISTORY_FILE, METRICS_FILE, MODEL_FILE, train_loop_per_worker
+from sskd_ray.train.loop import FAULT_ENV, HISTORY_FILE, METRICS_FILE, train_loop_per_worker
+
+
+@dataclass
+class StageInputs:
+    """The files a stage reads (local paths or URIs)."""
+    labeled_json: str  # COCO json of the labeled images
+    labeled_images: str  # the folder its file names are relative to
+    val_json: str
+    val_images: str
+    pseudo_dir: str = ""  # a pseudo-label store; "" = labeled images only
+    pseudo_images: str = ""  # the folder the store's file names are relative to
 
 
 @dataclass
 class StageSpec:
+    """Everything a stage's Ray Train workers need, typed: it reaches `train_loop_per_worker` as is."""
     name: str  # unique within the run: teacher_finetune, teacher_selftrain, distill, refine, baseline
     folder: str  # a local path or a URI
+    role: str  # "teacher" | "student"
     model: ModelConfig
     stage: StageConfig
     loss: LossConfig
-    data: dict  # labeled_json, labeled_images, val_json, val_images, image_size, [pseudo_dir, pseudo_images, ...]
+    data: DataConfig  # image cache and the native-aspect view / inference sizes
+    inputs: StageInputs
     class_names: list[str]
     category_ids: list[int]
+    score_threshold: float = 0.3  # pseudo-labels below this score are not trained on (label.score_threshold)
     seed: int = 0
-    init: str = ""  # a state dict to start from ("" = the model config's pretrained weights)
+    init: str = ""  # a trained model folder to start from ("" = the model config's pretrained weights)
     storage: str = ""  # Ray Train storage_path (local dir or URI); default <folder>/../../ray_train
     params: dict = field(default_factory=dict)  # extra MLflow params (the resolved flat config)
 
-    def loop_config(self, uri: str = "", run_id: str = "") -> dict:
-        return {"name": self.name, "model": dataclasses.asdict(self.model), "class_names": self.class_names,
-                "category_ids": self.category_ids,
-                "stage": dataclasses.asdict(self.stage), "loss": dataclasses.asdict(self.loss), "data": self.data,
-                "seed": self.seed, "init": self.init, "threads": self.stage.cpus_per_worker,
-                "log_every": max(1, min(10, self.stage.iterations // 20 or 1)),
-                "tracking": {"uri": uri, "run_id": run_id}}
+    @property
+    def inference(self) -> InferenceSizes:
+        return InferenceSizes.from_config(self.data, self.model.image_size)
+
+    def card(self) -> ModelCard:
+        """The card the stage's trained model is saved with."""
+        return make_card(self.model, self.role, self.class_names, self.category_ids, self.inference,
+                         stage=self.name, run=self.folder)
 
 
 def is_done(folder: str) -> bool:
@@ -59,19 +76,6 @@ def is_done(folder: str) -> bool:
 
 def read_metrics(folder: str) -> dict:
     return storage.read_json(storage.join(folder, METRICS_FILE))
-
-
-def write_model_spec(folder: str, model: ModelConfig, class_names: list[str], category_ids: list[int],
-                     inference: dict | None = None) -> None:
-    """teacher.json: how to rebuild the model from model.pt (read by labeling, export and predict), and
-    `inference` {"short_side", "max_side"}: the native-aspect input sizes it is run at."""
-    spec = dataclasses.asdict(model)
-    if model.kind == "maskformer":  # the weights come from model.pt: skip loading the pretrained ones first
-        spec["pretrained"] = ""
-    card = {"model": spec, "class_names": class_names, "category_ids": category_ids}
-    if inference:
-        card["inference"] = dict(inference)
-    storage.write_json(storage.join(folder, "teacher.json"), card)
 
 
 def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
@@ -85,7 +89,7 @@ def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
     check_shared_storage(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=spec.loop_config(uri, run_id),
+        train_loop_config={"spec": spec, "card": spec.card(), "tracking_uri": uri, "run_id": run_id},
         scaling_config=ScalingConfig(num_workers=spec.stage.num_workers, use_gpu=spec.stage.use_gpu,
                                      resources_per_worker={"CPU": spec.stage.cpus_per_worker,
                                                            **({"GPU": 1} if spec.stage.use_gpu else {})}),
@@ -120,10 +124,10 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
         final = storage.join(folder, "final")
         storage.remove(final)
         with result.checkpoint.as_directory() as ckpt:  # downloaded when the storage is remote
-            storage.copy_tree(Path(ckpt) / MODEL_FILE, storage.join(final, MODEL_FILE))
+            for name in (CARD_FILE, WEIGHTS_FILE):  # the trained model, as the worker saved it
+                storage.copy_tree(Path(ckpt) / name, storage.join(final, name))
             history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
             metrics = json.loads((Path(ckpt) / METRICS_FILE).read_text())
-        write_model_spec(final, spec.model, spec.class_names, spec.category_ids, spec.data.get("inference"))
         metrics.update({"stage": spec.name, "wall_seconds": round(time.perf_counter() - start, 1),
                         "resumes": sum(1 for row in history if row.get("event") == "resumed")})
         storage.write_json(storage.join(folder, METRICS_FILE), metrics)
@@ -133,7 +137,7 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
         tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k.startswith("mask_")},
                              step=metrics.get("iterations"))
         tracking.log_artifacts(uri, run_id, [storage.join(folder, METRICS_FILE), plot,
-                                             storage.join(final, "teacher.json")])
+                                             storage.join(final, CARD_FILE)])
     storage.write_text(storage.join(folder, "DONE"), time.strftime("%Y-%m-%d %H:%M:%S\n"))
     print(redact(f"[{spec.name}] done in {metrics['wall_seconds']} s: mask AP {metrics.get('mask_AP')}, "
                  f"AP50 {metrics.get('mask_AP50')} -> {final}"))

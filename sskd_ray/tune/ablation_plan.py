@@ -3,8 +3,8 @@
 A *step* is one unit of work that leaves a folder: the data split (`data`), the teacher before
 adaptation saved as a checkpoint (`teacher_initial`), a training stage (`teacher_finetune`,
 `teacher_selftrain`, `distill`, `refine`, `baseline`) or a pseudo-labeling pass (`label`). Its key is
-a content address: a hash of its kind, of the part of the resolved config it reads (`READS`), and of
-its inputs' keys. Two table rows that need the same work therefore name the same step, which runs
+a content address: a hash of its kind, of the part of the resolved config it reads (the pipeline's own
+`stage_graph.config_reads`), and of its inputs' keys. Two table rows that need the same work therefore name the same step, which runs
 once: Table 3's "full three stages" is Table 6's full method at 10 % and refines Table 2's "all
 three", which is Table 4's fusion row and Table 12's "student under T2", all distilled from Table
 1's teacher self-trained with L_con. Different seeds or labeled fractions give different keys.
@@ -23,22 +23,12 @@ import json
 from dataclasses import dataclass, field
 
 from sskd_ray.config import flatten_config, load_config
+from sskd_ray.train.stage_graph import config_reads
 from sskd_ray.tune.spaces import as_overrides
 
 TABLES = (1, 2, 3, 4, 6, 12)
 FRACTIONS = (0.05, 0.1, 0.2, 0.3)  # Table 6; the paper reports 5 / 10 / 30 %
 
-# what each kind of step reads from the resolved config (dotted prefixes): its key hashes these
-READS = {
-    "data": ("data.",),
-    "teacher_initial": ("seed", "teacher.", "data."),
-    "teacher_finetune": ("seed", "teacher.", "data.", "loss.", "stages.teacher_finetune."),
-    "teacher_selftrain": ("seed", "teacher.", "data.", "loss.", "stages.teacher_selftrain.", "label.score_threshold"),
-    "label": ("label.", "data."),
-    "distill": ("seed", "student.", "data.", "loss.", "stages.distill.", "label.score_threshold"),
-    "refine": ("seed", "student.", "data.", "loss.", "stages.refine."),
-    "baseline": ("seed", "student.", "data.", "loss.", "stages.distill.", "stages.refine.iterations"),
-}
 TEACHER_KINDS = ("teacher_initial", "teacher_finetune", "teacher_selftrain", "label")
 
 # the distillation objective of each student variant (Tables 2 and 4); "L_sup + L_con" keeps the pool
@@ -103,7 +93,7 @@ class Plan:
 
 
 def step_key(kind: str, flat: dict, inputs: tuple[str, ...]) -> str:
-    reads = {k: v for k, v in flat.items() if k.startswith(READS[kind]) and not k.startswith("data.image_cache")}
+    reads = {k: v for k, v in flat.items() if k.startswith(config_reads(kind)) and not k.startswith("data.image_cache")}
     text = json.dumps({"kind": kind, "reads": reads, "inputs": list(inputs)}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

@@ -22,6 +22,7 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import Config, load_config
 from sskd_ray.redaction import redact
 from sskd_ray.train.pipeline import PipelineData, evaluate_initial_teacher, prepare_data, pseudo_label, stage_specs
+from sskd_ray.train.stage_graph import STAGES
 from sskd_ray.train.stages import is_done, run_stage
 from sskd_ray.tune.ablation_plan import Plan, Step
 from sskd_ray.tune.spaces import as_overrides
@@ -75,10 +76,10 @@ def run_step(ctx: Context, plan: Plan, step: Step, trial: str) -> dict:
         return pseudo_label(cfg, data, teacher, folder, ctx.parent_id, ctx.uri)
     spec = stage_specs(cfg, data, ctx.out)[step.kind]
     spec = replace(spec, name=f"{step.kind}-{step.key}", folder=folder, storage=storage.join(ctx.out, "ray_train"))
-    if step.kind in ("teacher_selftrain", "distill") and len(step.inputs) > 1:  # reads a labeling pass
-        spec = replace(spec, data={**spec.data, "pseudo_dir": step_folder(ctx, plan, step.inputs[1])})
-    if step.kind == "refine":  # continues the distilled student
-        spec = replace(spec, init=storage.join(step_folder(ctx, plan, step.inputs[1]), "final", "model.pt"))
+    if STAGES[step.kind].labels_from and len(step.inputs) > 1:  # reads a labeling pass (the sup-only variant does not)
+        spec = replace(spec, inputs=replace(spec.inputs, pseudo_dir=step_folder(ctx, plan, step.inputs[1])))
+    if STAGES[step.kind].init_from:  # continues a trained model (refinement: the distilled student)
+        spec = replace(spec, init=storage.join(step_folder(ctx, plan, step.inputs[1]), "final"))
     return run_stage(spec, ctx.uri, cfg.tracking.experiment, ctx.parent_id,
                      tags={"sskd.trial": trial, "sskd.step": step.key})
 

@@ -18,6 +18,7 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import Config, flatten_config, load_config
 from sskd_ray.redaction import redact
 from sskd_ray.train.pipeline import PipelineData, PipelineRun, open_run, pseudo_label, stage_specs
+from sskd_ray.train.stage_graph import STAGES
 from sskd_ray.train.stages import run_stage
 from sskd_ray.tune.spaces import Trial, as_overrides, expand_trials, load_space
 from sskd_ray.tune.table import write_tables
@@ -29,17 +30,19 @@ def _trial_config(files: list[str], overrides: list[str], trial: dict) -> Config
 
 def run_trial_stages(base: PipelineRun, cfg: Config, trial: dict, stages: list[str], sweep_dir: str,
                      parent_id: str, callbacks: list | None = None) -> dict:
-    """Run the trial's stages (chained when two), each through the pipeline's stage runner."""
+    """Run the trial's stages, each through the pipeline's stage runner. A stage whose labeling teacher
+    (stage_graph.py) is an earlier stage of the trial reads that teacher's labels, made in the trial."""
     folder = storage.join(sweep_dir, "trials", trial["key"])
     specs = stage_specs(cfg, base.data, base.run_dir)  # inputs (pseudo-labels) come from the base run
     results = {}
     for name in stages:
         spec = replace(specs[name], name=f"{name}-{trial['key']}", folder=storage.join(folder, name),
                        storage=storage.join(sweep_dir, "ray_train"), params=flatten_config(cfg))
-        if name == "distill" and "teacher_selftrain" in stages:  # chained: this trial's teacher labels the pool
-            pseudo_label(cfg, base.data, storage.join(folder, "teacher_selftrain", "final"),
-                         storage.join(folder, "pseudo"), parent_id, base.uri)
-            spec = replace(spec, data={**spec.data, "pseudo_dir": storage.join(folder, "pseudo")})
+        teacher = STAGES[name].labels_from
+        if teacher in stages:  # chained: this trial's teacher labels the pool
+            pseudo_label(cfg, base.data, storage.join(folder, teacher, "final"), storage.join(folder, "pseudo"),
+                         parent_id, base.uri)
+            spec = replace(spec, inputs=replace(spec.inputs, pseudo_dir=storage.join(folder, "pseudo")))
         results[name] = run_stage(spec, base.uri, cfg.tracking.experiment, parent_id,
                                   tags={"sskd.trial": trial["key"]}, callbacks=callbacks)
     return results

@@ -9,6 +9,7 @@ import numpy as np
 
 from sskd_ray import storage
 from sskd_ray.config import Config, flatten_config
+from sskd_ray.eval.plots import pyplot, save_figure
 from sskd_ray.tune.spaces import SweepSpace, Trial, trial_for
 
 ROWS = (("teacher", "mask_AP"), ("teacher", "mask_AP50"), ("student", "mask_AP"), ("student", "mask_AP50"))
@@ -71,13 +72,7 @@ def _search_markdown(space: SweepSpace, trials: list[Trial], results: dict[str, 
 
 
 def _plot(factor: str, values: list, rows: list[dict], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sskd_ray.eval.plots import save_figure
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     xs = list(range(len(values)))
     for (role, metric), style in zip(ROWS, ("o-", "o--", "s-", "s--")):
