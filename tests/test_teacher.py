@@ -287,3 +287,26 @@ def test_gradient_checkpointing_keeps_weights_losses_and_gradients():
     assert grads[1].keys() == grads[3].keys() and grads[1]
     for name in grads[1]:
         torch.testing.assert_close(grads[1][name], grads[3][name], rtol=1e-4, atol=1e-6)
+
+
+def test_mask_term_weights_come_from_the_loss_config():
+    """loss_mask = w_mask * BCE + w_dice * Dice (losses/teacher_adaptation.py); the objective passes
+    LossConfig's mask_weight and dice_weight, as the student's set loss uses them."""
+    from sskd_ray.config import LossConfig
+    from sskd_ray.train.objective import Objective
+
+    teacher = _tiny("cpu")
+    images, targets = torch.rand(3, 3, 64, 64), _targets("cpu")
+    with torch.no_grad():
+        p = teacher.run(images)
+        idx = torch.arange(3)
+        term = {w: teacher_losses(teacher, p, idx, targets, *w)["loss_mask"] for w in ((1, 0), (0, 1), (5, 5))}
+        detection = teacher_losses(teacher, p, idx, targets)["loss_detection"]
+    assert term[(1, 0)] > 0 and term[(0, 1)] > 0
+    torch.testing.assert_close(term[(5, 5)], 5 * (term[(1, 0)] + term[(0, 1)]))
+    objective = Objective(teacher, LossConfig(mask_weight=0.0, dice_weight=2.0), use_pseudo_labels=False,
+                          use_contrastive=False)
+    with torch.no_grad():
+        terms = objective(images, images, torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool), targets,
+                          torch.ones(3, dtype=torch.bool), (1.0, 1.0))
+    torch.testing.assert_close(terms["loss_sup"], detection + 2 * term[(0, 1)], rtol=1e-4, atol=1e-5)
