@@ -40,7 +40,8 @@ from sskd_ray.eval.model_eval import evaluate_model
 from sskd_ray.models.build import build_model, load_source_weights, tiny_model_config
 from sskd_ray.models.checkpoint import code_commit, read_weights
 from sskd_ray.ray_setup import init_ray
-from sskd_ray.train.stages import StageInputs, StageSpec, run_stage
+from sskd_ray.train.stage_spec import StageInputs, StageSpec
+from sskd_ray.train.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "sskd_ray" / "data" / "assets"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from sskd_ray import tracking
+from sskd_ray.config import StageConfig
 from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
@@ -25,6 +26,7 @@ from sskd_ray.models.freeze import apply_freeze, param_groups
 from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
 from sskd_ray.train.prefetch import BatchPrefetcher
+from sskd_ray.train.stage_spec import StageSpec
 
 STATE_FILE, METRICS_FILE, HISTORY_FILE = "state.pt", "metrics.json", "history.json"
 FAULT_ENV = "SSKD_FAULT_AT_ITERATION"  # tests: "N:marker-path" makes one worker die once at iteration N
@@ -39,12 +41,12 @@ def lr_factor(schedule: str, iteration: int, total: int) -> float:
     return 0.1 ** ((iteration >= 0.9 * total) + (iteration >= 0.95 * total))
 
 
-def log_interval(stage) -> int:
+def log_interval(stage: StageConfig) -> int:
     """Iterations per logged row: `stage.log_every`, or about 20 rows a stage (every 1 to 10 iterations)."""
     return stage.log_every or max(1, min(10, stage.iterations // 20 or 1))
 
 
-def build_stage_model(spec) -> torch.nn.Module:
+def build_stage_model(spec: StageSpec) -> torch.nn.Module:
     """The stage's model: built from its config (pretrained weights as configured), then the trained
     model it continues, if any (refinement starts from the distilled student)."""
     torch.manual_seed(spec.seed)
@@ -88,7 +90,7 @@ def _save(model: torch.nn.Module, card: ModelCard, optimizer, iteration: int, hi
     return folder
 
 
-def _evaluate(model: torch.nn.Module, spec, device: torch.device, rank: int = 0, world: int = 1) -> dict:
+def _evaluate(model: torch.nn.Module, spec: StageSpec, device: torch.device, rank: int = 0, world: int = 1) -> dict:
     """Every rank predicts its share of the val split (a collective: all ranks call this together);
     rank 0 gets the mask metrics, the others {}."""
     sizes = spec.inference
@@ -104,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    spec = config["spec"]
+    spec: StageSpec = config["spec"]
     stage, inputs = spec.stage, spec.inputs
     torch.set_num_threads(stage.cpus_per_worker)
     device = ray.train.torch.get_device()

@@ -34,7 +34,8 @@ from sskd_ray.models.checkpoint import CARD_FILE, WEIGHTS_FILE, is_trained_folde
 from sskd_ray.ray_setup import check_shared_storage
 from sskd_ray.redaction import redact
 from sskd_ray.train.stage_graph import STAGES, inputs_of, stage_config
-from sskd_ray.train.stages import StageInputs, StageSpec, is_done, read_metrics, run_stage
+from sskd_ray.train.stage_spec import StageInputs, StageSpec
+from sskd_ray.train.stages import is_done, read_metrics, run_stage
 
 STUDENT_STAGES = ("distill", "refine", "baseline")
 
