@@ -258,3 +258,17 @@ def test_csv_and_parquet_manifests(builtin_dir, tmp_path):
     plan = plan_pending(write_manifest(str(tmp_path / "list.parquet"), tmp_path / "b"), str(tmp_path / "b"), 5)
     assert not isinstance(plan, list)  # a generator: shards are made as they are consumed
     assert [len(s["images"]) for s in plan] == [5, 3]
+
+
+def test_store_marker_has_its_own_name_and_old_markers_still_guard(tmp_path):
+    """A store's teacher marker is teacher_id.json (a trained model's card is config.json); a store
+    written when the marker was teacher.json still refuses another teacher."""
+    pipeline.claim_output(str(tmp_path / "new"), "t@1")
+    assert json.loads((tmp_path / "new" / "teacher_id.json").read_text()) == {"teacher": "t@1"}
+    pipeline.claim_output(str(tmp_path / "new"), "t@1")  # the same teacher: fine
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "teacher.json").write_text(json.dumps({"teacher": "t@0"}))
+    with pytest.raises(TeacherMismatchError, match="t@0"):
+        pipeline.claim_output(str(tmp_path / "old"), "t@1")
+    pipeline.claim_output(str(tmp_path / "old"), "t@0")
+    assert not (tmp_path / "old" / "teacher_id.json").exists()
