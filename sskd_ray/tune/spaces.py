@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from sskd_ray.config import ConfigError, load_config
+from sskd_ray.config import ConfigError, load_config, read_yaml
+from sskd_ray.train.stage_graph import STAGES
 
-STAGE_CHOICES = ("teacher_selftrain", "distill")
+# the stages a sweep varies: those that learn from pseudo-labels (L_pl, L_con), whose inputs the sweep
+# makes once in <run_dir>/base/; in pipeline order, which is also how `both` chains them
+STAGE_CHOICES = tuple(name for name, stage in STAGES.items() if stage.labels_from)
 SPACE_KEYS = {"stages", "metric", "seeds", "overrides", "factors", "search", "description"}
 
 
@@ -61,7 +63,7 @@ def load_space(path: str | Path, base_files: list | None = None) -> SweepSpace:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep space not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path.read_text()) or {}  # as config files: 3e-4 is a float
     unknown = set(raw) - SPACE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} (known: {sorted(SPACE_KEYS)})")
