@@ -91,3 +91,20 @@ def test_card_refuses_an_unknown_role():
     card = ModelCard.from_dict({"model": {"kind": "maskformer"}, "class_names": ["a"], "category_ids": [7],
                                 "role": "teacher"})
     assert card.role == "teacher" and card.inference == InferenceSizes(ModelConfig().image_size, 0)
+
+
+def test_vfm_teacher_with_tied_heads_round_trips(tmp_path):
+    """Grounding-DINO ties its box and class heads across decoder layers (18 shared tensors in the tiny
+    teacher): they are stored once and the reloaded teacher predicts exactly as the saved one."""
+    cfg = ModelConfig(kind="gdino_sam2", preset="tiny", num_queries=5, embed_dim=16)
+    torch.manual_seed(0)
+    teacher = build_model(cfg, NAMES).eval()
+    save_trained(tmp_path, teacher, make_card(cfg, "teacher", NAMES, list(range(1, 11)), InferenceSizes(64)))
+    assert len(load_file(tmp_path / WEIGHTS_FILE)) < len(teacher.state_dict())  # the tied ones once
+    torch.manual_seed(1)  # another random start: every weight must come from the folder
+    loaded, card = load_trained(tmp_path)
+    assert card.model.pretrained == cfg.pretrained  # a VFM teacher's card keeps where its parts come from
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = teacher(images), loaded(images)
+    assert torch.equal(a.mask_logits, b.mask_logits) and torch.equal(a.class_logits, b.class_logits)
