@@ -132,7 +132,7 @@ def train_loop_per_worker(config: dict) -> None:
     enable_image_cache(data.get("image_cache_dir", ""), data.get("image_cache_gb", 0.0))  # object-store images only
     ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
                             data.get("pseudo_dir", "") if stage.use_pseudo_labels else "", data.get("pseudo_images", ""),
-                            data.get("score_threshold", 0.3), rank, world)
+                            data.get("score_threshold", 0.3), rank, world, data.get("pseudo_skip"))
     ts.skipped.update(skipped)
     pseudo_share = data.get("pseudo_share", 0.5) if stage.use_pseudo_labels else 0.0
     amp = device.type == "cuda" and config.get("amp", True)

@@ -20,6 +20,7 @@ from typing import Iterator
 from sskd_ray import storage, tracking
 from sskd_ray.config import Config, ConfigError, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
+from sskd_ray.data.pseudo_labels import DamagedStoreError, check_store
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
 from sskd_ray.eval.report import fmt2
 from sskd_ray.redaction import redact
@@ -184,7 +185,12 @@ def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, pa
     from sskd_ray.label.run import label_pool
 
     if is_done(out):
-        return storage.read_json(storage.join(out, "summary.json"))
+        try:
+            check_store(out)  # footers only: a shard damaged since is set aside and relabeled below
+            return storage.read_json(storage.join(out, "summary.json"))
+        except DamagedStoreError as err:
+            print(redact(f"[pseudo-label] {len(err.damaged)} shard(s) of {out} cannot be read (first: "
+                         f"{err.damaged[0][0]}): setting them aside and labeling their images again"), flush=True)
     cfg = replace(cfg, tracking=replace(cfg.tracking, uri=uri))
     summary = label_pool(cfg, data.unlabeled_json, teacher_dir, out, parent_run_id=parent_run_id)
     storage.write_text(storage.join(out, "DONE"), "done\n")

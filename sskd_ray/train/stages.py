@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sskd_ray import storage, tracking
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray.data.pseudo_labels import duplicate_rows
 from sskd_ray.eval.plots import plot_history
 from sskd_ray.ray_setup import check_shared_storage
 from sskd_ray.redaction import redact
@@ -74,6 +75,18 @@ def write_model_spec(folder: str, model: ModelConfig, class_names: list[str], ca
     storage.write_json(storage.join(folder, "teacher.json"), card)
 
 
+def check_pseudo_labels(store: str) -> dict[str, list[int]]:
+    """Before a stage reads the store: a damaged shard stops it here, naming the file and the command
+    that repairs the store (DamagedStoreError); rows that label an image twice are returned, to be
+    skipped by every worker (each image read once)."""
+    skip = duplicate_rows(store)
+    if skip:
+        print(redact(f"WARNING: pseudo-label store {store} holds {sum(map(len, skip.values()))} row(s) of images "
+                     f"that already have a row (written before runs took the store's lease?): training reads "
+                     f"each image once"), flush=True)
+    return skip
+
+
 def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -106,6 +119,8 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
     if is_done(folder):
         print(redact(f"[{spec.name}] already done: {folder} (mask AP {read_metrics(folder).get('mask_AP')})"))
         return read_metrics(folder)
+    if spec.stage.use_pseudo_labels and spec.data.get("pseudo_dir"):
+        spec = dataclasses.replace(spec, data={**spec.data, "pseudo_skip": check_pseudo_labels(spec.data["pseudo_dir"])})
     tags = {"sskd.stage": spec.name, **({"sskd.parent": parent_run_id} if parent_run_id else {}), **(tags or {})}
     existing = tracking.find_run(uri, experiment, tags)
     start = time.perf_counter()
