@@ -219,7 +219,7 @@ def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
     _check_same_config(cfg, run_dir)
     save_config(cfg, storage.join(run_dir, "config.yaml"))
     tags = {"sskd.pipeline": run_dir}
-    parent = tracking.find_run(uri, cfg.tracking.experiment, tags)
+    parent = tracking.find_run(uri, cfg.tracking.experiment, tags, run_dir=run_dir)
     with tracking.start_run(uri, cfg.tracking.experiment, f"pipeline {storage.name(run_dir)}", run_id=parent, tags=tags,
                             run_dir=run_dir) as parent_id:
         tracking.log_params(uri, parent_id, flatten_config(cfg))
