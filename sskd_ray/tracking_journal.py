@@ -164,8 +164,9 @@ def send(journal: Journal | None, uri: str, entry: dict, apply) -> Any:
     or what `keep` returns."""
     if journal is None:
         return apply(uri, entry)
-    with journal.lock:
-        behind = journal.kept or (journal.down_at and time.monotonic() - journal.down_at < journal.retry_s)
+    with journal.lock:  # a worker's rows need no order: they go direct again once retry_s has passed
+        behind = (journal.kept and not journal.quiet) or (
+            journal.down_at and time.monotonic() - journal.down_at < journal.retry_s)
     if not behind:
         try:
             return apply(uri, resolve_entry(journal, entry))

@@ -117,7 +117,7 @@ class MlflowServer:
                        MLFLOW_FLASK_SERVER_SECRET_KEY="test-csrf-key-" + self.password[::-1])
         return env
 
-    def start(self, timeout: float = 180) -> None:
+    def start(self, timeout: float = 400) -> None:
         import subprocess
         import sys
         import time
@@ -134,7 +134,7 @@ class MlflowServer:
         deadline = time.time() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                urllib.request.urlopen(f"{self.uri}/health", timeout=15)  # a loaded machine answers slowly
                 return
             except urllib.error.HTTPError:
                 return  # it answers (auth may refuse even /health)

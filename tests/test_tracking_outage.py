@@ -112,26 +112,31 @@ def test_the_training_step_never_waits_on_a_silent_server(tmp_path, bounded):
     assert all(e["run"] == "run-1" and e["op"] == "metrics" for e in kept)
 
 
-def test_a_refused_credential_is_an_error_not_an_outage(tmp_path, bounded, monkeypatch):
+PASSWORD = "outage-Passw0rd-7"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """One MLflow server with the basic-auth app (admin / PASSWORD) for this module's tests."""
+    server = MlflowServer(tmp_path_factory.mktemp("auth-server"), password=PASSWORD)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_a_refused_credential_is_an_error_not_an_outage(tmp_path, bounded, monkeypatch, auth_server):
     """Only a server that does not answer is waited for: a wrong password fails at once (MLflow's
     basic-auth app), nothing is kept, and the password is in no file of the run directory."""
-    server = MlflowServer(tmp_path / "server", password="right-Passw0rd-1")
-    server.start()
-    try:
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-Passw0rd-2")
-        with pytest.raises(Exception, match="401"):
-            with tracking.start_run(server.uri, "exp", "pipeline", run_dir=tmp_path / "run"):
-                pass
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "right-Passw0rd-1")
-        with tracking.start_run(server.uri, "exp", "pipeline", run_dir=tmp_path / "run") as run_id:
-            tracking.log_params(server.uri, run_id, {"a": 1})
-    finally:
-        server.stop()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-Passw0rd-2")
+    with pytest.raises(Exception, match="401"):
+        with tracking.start_run(auth_server.uri, "exp", "pipeline", run_dir=tmp_path / "run"):
+            pass
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    with tracking.start_run(auth_server.uri, "exp", "pipeline", run_dir=tmp_path / "run") as run_id:
+        tracking.log_params(auth_server.uri, run_id, {"a": 1})
     assert not list((tmp_path / "run").rglob("*.json"))
-
-
-PASSWORD = "outage-Passw0rd-7"
 
 
 def _follow(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
@@ -152,14 +157,13 @@ def _wait_for(lines: list[str], text: str, proc: subprocess.Popen, timeout: floa
 
 
 @pytest.mark.slow
-def test_a_stage_outlives_a_tracking_outage(tmp_path):
+def test_a_stage_outlives_a_tracking_outage(tmp_path, auth_server):
     """The issue's trial, shortened: the smoke pipeline's teacher stage against a real MLflow server with
     basic auth; the server is stopped when the stage prints its first progress line and started again
     (same port, same stores) 40 s later, after the stage has finished. The job exits 0, prints one
     warning, and in the end the server holds every row of the stage's history, its AP, params and
     artifacts; the password is in no output and no file."""
-    server = MlflowServer(tmp_path / "server", password=PASSWORD)
-    server.start()
+    server = auth_server
     run_dir = tmp_path / "run"
     env = {**os.environ, **BOUNDS, tj.RETRY_ENV: "2", "PYTHONPATH": str(ROOT), "SSKD_RAY_LOCAL": "1",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "MLFLOW_TRACKING_USERNAME": "admin",
@@ -192,7 +196,8 @@ def test_a_stage_outlives_a_tracking_outage(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.stop()
+        if server.process is None:
+            server.start()  # for the module's other tests
     history = json.loads((run_dir / "teacher" / "finetune" / "history.json").read_text())
     steps = sorted(row["iteration"] for row in history if "loss" in row)
     assert logged == steps and len(steps) >= 10, (logged, steps)
