@@ -70,17 +70,17 @@ def _kill_session(ray_tmp: Path) -> None:
     """What a failed `ray start` can leave running (its GCS, dashboard, monitor): only the processes
     whose command line names this test's private RAY_TMPDIR, by pid (never `ray stop`: other Rays
     run on this machine)."""
-    import psutil
+    import signal
 
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if str(ray_tmp) in " ".join(proc.info["cmdline"] or []):
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(ray_tmp).encode() in cmdline.read_bytes():
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass
 
 
-def _start_head(env: dict, port: int, dash: int, ray_tmp: Path, tries: int = 3) -> subprocess.Popen:
+def _start_head(env: dict, port: int, dash: int, ray_tmp: Path, tries: int = 5) -> subprocess.Popen:
     """`ray start --head --block` on private ports, up when its address file and dashboard answer; a start
     that fails (on a loaded machine the raylet gives up on its agents after a few seconds) is tried again."""
     for attempt in range(tries):
