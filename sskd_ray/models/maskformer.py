@@ -116,12 +116,16 @@ class MaskFormerModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> SegOutput:
+    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None,
+                decode: int | None = None) -> SegOutput:
         """`image_sizes` (content sizes in a padded batch) is accepted for the shared model contract and
-        not used: the student sees the padded frame as is; post-processing crops the content back out."""
+        not used: the student sees the padded frame as is; post-processing crops the content back out.
+        `decode`: only the first `decode` images go through the mask decoder (mask and class logits for
+        those), every image gets embeddings; the training step's strong view needs embeddings only."""
         maps = self.neck(self.encoder((images - self.mean) / self.std))  # finest first, all `dim` wide
-        pixel = self.pixel_proj(maps[0])  # (B, C, H/4, W/4)
-        preds = self.decoder(maps[1:][::-1], pixel)  # coarsest level first, as in Mask2Former
+        n = images.shape[0] if decode is None else decode
+        pixel = self.pixel_proj(maps[0][:n])  # (n, C, H/4, W/4)
+        preds = self.decoder([m[:n] for m in maps[1:][::-1]], pixel)  # coarsest level first, as in Mask2Former
         mask_logits, class_logits = preds[-1]
         return SegOutput(mask_logits, class_logits, self.embed_head(maps[0]), aux=preds[:-1])
 
