@@ -34,11 +34,16 @@ class DataConfig:
     train_images: str = ""
     val_json: str = ""
     val_images: str = ""
+    # held-out test split, evaluated once per stage at its end ("" = none): val is for choices
+    # (iterations, thresholds, learning rates), test is what reported tables read
+    test_json: str = ""
+    test_images: str = ""
     labeled_fraction: float = 0.1
     split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
     seed: int = 0
     builtin_train_images: int = 600
     builtin_val_images: int = 500
+    builtin_test_images: int = 500  # its own random stream, the same held-out garments as val
     builtin_image_size: int = 128
     image_size: int = 128  # training resolution (square)
     max_instances: int = 6

@@ -18,17 +18,27 @@ def fmt2(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def reported_split(results: dict[str, dict]) -> str:
+    """"test" when the run has a test split (every reported number reads it), else "val"."""
+    return "test" if any("test_mask_AP" in m for m in results.values()) else "val"
+
+
 def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) -> str:
-    """Markdown table: one row per model, mask AP and AP50 on the val split, per class and class-agnostic."""
-    lines = ["| model | mask AP | mask AP50 | class-agnostic AP | class-agnostic AP50 | iterations | wall (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table: one row per model, mask AP and AP50 per class and class-agnostic on the test split
+    (val when the run has none), and val mask AP beside it (the split choices were made on)."""
+    split = reported_split(results)
+    p = "test_" if split == "test" else ""
+    lines = [f"| model | {split} mask AP | {split} mask AP50 | {split} class-agnostic AP | "
+             f"{split} class-agnostic AP50 |" + (" val mask AP |" if p else "") + " iterations | wall (s) |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if p else "") + "---:|---:|"]
     for key, label in rows:
         m = results.get(key)
         if m is None:
             continue
-        lines.append(f"| {label} | {_fmt(m.get('mask_AP'))} | {_fmt(m.get('mask_AP50'))} | "
-                     f"{_fmt(m.get('mask_AP_agnostic'))} | {_fmt(m.get('mask_AP50_agnostic'))} | "
-                     f"{m.get('iterations', '-')} | {m.get('wall_seconds', '-')} |")
+        lines.append(f"| {label} | {_fmt(m.get(p + 'mask_AP'))} | {_fmt(m.get(p + 'mask_AP50'))} | "
+                     f"{_fmt(m.get(p + 'mask_AP_agnostic'))} | {_fmt(m.get(p + 'mask_AP50_agnostic'))} | "
+                     + (f"{_fmt(m.get('mask_AP'))} | " if p else "")
+                     + f"{m.get('iterations', '-')} | {m.get('wall_seconds', '-')} |")
     return "\n".join(lines)
 
 
@@ -138,7 +148,7 @@ def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, 
     plot_stages(histories, at("losses.png"))
     table = format_table(results, rows)
     text = [f"# sskd-ray run `{storage.name(run_dir)}`", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}; config in `config.yaml`.",
-            "", "## Mask AP on the val split", "", table, "", *pseudo_label_section(run_dir)]
+            "", f"## Mask AP on the {reported_split(results)} split", "", table, "", *pseudo_label_section(run_dir)]
     models = {"teacher (adapted)": at("teacher", "selftrain", "final"), "student (final)": at("student", "final"),
               "student (supervised only)": at("student", "baseline", "final")}
     table_eff, _ = efficiency_table({k: v for k, v in models.items() if "supervised" not in k})

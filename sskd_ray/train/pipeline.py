@@ -35,6 +35,8 @@ class PipelineData:
     unlabeled_json: str  # the pool (its annotations, when there are any, only measure pseudo-label quality)
     val_json: str
     val_images: str
+    test_json: str  # "" = no test split
+    test_images: str
     class_names: list[str]
     category_ids: list[int]
     num_labeled: int
@@ -54,13 +56,17 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
 
         root = build_builtin_dataset(storage.join(run_dir, "data"), cfg.data.builtin_train_images,
                                      cfg.data.builtin_val_images, cfg.data.builtin_image_size, cfg.data.seed,
-                                     cfg.data.labeled_fraction)
+                                     cfg.data.labeled_fraction, num_test=cfg.data.builtin_test_images)
         train_json, train_images = storage.join(root, "train.json"), storage.join(root, "images")
         val_json, val_images = storage.join(root, "val.json"), storage.join(root, "images")
+        test_json = storage.join(root, "test.json") if cfg.data.builtin_test_images else ""
+        test_images = storage.join(root, "images")
     else:
         train_json = cfg.data.train_json
         train_images = cfg.data.train_images or storage.parent(cfg.data.train_json)
         val_json, val_images = cfg.data.val_json, cfg.data.val_images or storage.parent(cfg.data.val_json)
+        test_json = cfg.data.test_json
+        test_images = cfg.data.test_images or (storage.parent(test_json) if test_json else "")
     splits = storage.join(run_dir, "splits")
     train = load_coco(train_json, train_images)
     if train.skipped:
@@ -75,12 +81,14 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
         write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
     write_split_file(storage.join(splits, "labeled.txt"), train.images, labeled)
     storage.write_json(storage.join(splits, "skipped.json"), train.skipped, indent=1)
-    val = load_coco(val_json, val_images)
-    val_part = _absolute(val, {im["id"] for im in val.images})
-    write_coco(storage.join(splits, "val.json"), val_part["images"], val_part["annotations"], val_part["categories"])
+    for name, source, images in (("val", val_json, val_images), ("test", test_json, test_images)):
+        if source:
+            held_out = load_coco(source, images)
+            part = _absolute(held_out, {im["id"] for im in held_out.images})
+            write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
     return PipelineData(storage.join(splits, "labeled.json"), storage.join(splits, "unlabeled.json"),
-                        storage.join(splits, "val.json"), splits, train.class_names, train.category_ids,
-                        len(labeled), len(unlabeled))
+                        storage.join(splits, "val.json"), splits, storage.join(splits, "test.json") if test_json else "",
+                        splits, train.class_names, train.category_ids, len(labeled), len(unlabeled))
 
 
 def _check_same_config(cfg: Config, run_dir: str) -> None:
@@ -103,6 +111,7 @@ def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: st
     short = d.train_short_side or image_size
     return {"labeled_json": data.labeled_json, "labeled_images": storage.parent(data.labeled_json),
             "val_json": data.val_json, "val_images": data.val_images, "image_size": image_size,
+            "test_json": data.test_json, "test_images": data.test_images,
             "pseudo_dir": pseudo_dir, "pseudo_images": storage.parent(data.unlabeled_json),
             "score_threshold": cfg.label.score_threshold,
             "image_cache_dir": cfg.data.image_cache_dir, "image_cache_gb": cfg.data.image_cache_gb,
@@ -168,8 +177,12 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
             storage.write_bytes(storage.join(weights_dir, MODEL_FILE), buffer.getvalue())
             write_model_spec(weights_dir, cfg.teacher, data.class_names, data.category_ids,
                              _stage_data(cfg, data, cfg.teacher.image_size)["inference"])
-        metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.data.eval_short_side or cfg.teacher.image_size,
-                                    device=device, max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
+        sizes = dict(short_side=cfg.data.eval_short_side or cfg.teacher.image_size, device=device,
+                     max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
+        metrics, _ = evaluate_model(model, data.val_json, data.val_images, **sizes)
+        if data.test_json:
+            test, _ = evaluate_model(model, data.test_json, data.test_images, **sizes)
+            metrics.update({f"test_{k}": v for k, v in test.items() if k.startswith("mask_")})
         return metrics
 
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}
