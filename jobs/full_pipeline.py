@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--run-dir", default="", help="a folder or s3:// / gs:// URI; default: runs/<timestamp>/")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data, a few iterations (tests)")
     parser.add_argument("--stage", choices=STAGES, help="run this stage alone")
+    parser.add_argument("--results", default="", help="a folder for each finished step's small result file "
+                        "(<step>.json: config digest, seed, metrics, val curve), e.g. to commit a study's results")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.temperature=0.2")
     args = parser.parse_args()
     files = [args.config] + ([str(REPO / "configs" / "smoke.yaml")] if args.smoke else [])
@@ -40,7 +42,7 @@ def main() -> None:
     run_dir = storage.normalize(args.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     init_ray()
     start = time.perf_counter()
-    results = run_pipeline(cfg, run_dir, only=args.stage)
+    results = run_pipeline(cfg, run_dir, only=args.stage, results_dir=args.results)
     if not args.stage:  # the report's table, as the run ends (the README's demo table is this one)
         print(format_table(results, ROWS))
     print(redact(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir}"))

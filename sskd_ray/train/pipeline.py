@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from sskd_ray import storage, tracking
-from sskd_ray.config import Config, ConfigError, flatten_config, save_config
+from sskd_ray.config import Config, ConfigError, config_digest, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
 from sskd_ray.eval.report import fmt2
@@ -235,6 +235,27 @@ def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
         yield PipelineRun(cfg, run_dir, data, stage_specs(cfg, data, run_dir), uri, parent_id)
 
 
+def result_digest(cfg: Config) -> str:
+    """The config's hash without where the run lives (run_dir, tracking): two machines running the same
+    study get the same digest."""
+    flat = {k: v for k, v in flatten_config(cfg).items() if not k.startswith(("run_dir", "tracking."))}
+    return config_digest(flat)
+
+
+def write_result(results_dir: str, step: str, cfg: Config, metrics: dict, history: list | None = None) -> None:
+    """<results_dir>/<step>.json: one finished step's numbers (config digest, seed, metrics, and the val
+    curve when the stage evaluated along the way), small enough to commit, so a long study resumes
+    anywhere and its docs are rendered from these files alone."""
+    if not results_dir:
+        return
+    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    record = {"step": step, "seed": cfg.seed, "config_digest": result_digest(cfg), "metrics": keep}
+    if history:
+        record["curve"] = [{k: row[k] for k in ("iteration", "mask_AP", "mask_AP50", "mask_AP_agnostic") if k in row}
+                           for row in history if "mask_AP" in row]
+    storage.write_json(storage.join(results_dir, f"{step}.json"), record)
+
+
 @dataclass
 class PipelineRun:
     cfg: Config
@@ -243,6 +264,7 @@ class PipelineRun:
     specs: dict[str, StageSpec]
     uri: str
     parent_id: str
+    results_dir: str = ""  # where each finished step's small result file goes ("" = nowhere)
 
     def prepare_inputs(self, name: str) -> None:
         """Run whatever stage `name` reads and is not there yet (earlier stages, labeling passes)."""
@@ -256,18 +278,28 @@ class PipelineRun:
             self.label("teacher_selftrain", "adapted")
 
     def label(self, teacher_stage: str, out: str) -> dict:
-        return pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
-                            storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
+        summary = pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
+                               storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
+        write_result(self.results_dir, f"label_{out}", self.cfg,
+                     {"images_labeled": summary.get("images_labeled"), "instances": summary.get("instances"),
+                      **{f"quality_{k}": v for k, v in summary.get("quality", {}).items()}})
+        return summary
 
     def run_stage(self, name: str) -> dict:
         self.prepare_inputs(name)
-        return run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
+        metrics = run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
+        history = storage.join(self.specs[name].folder, "history.json")
+        write_result(self.results_dir, name, self.cfg, metrics,
+                     storage.read_json(history) if storage.is_file(history) else None)
+        return metrics
 
 
-def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
-    """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs.
+def run_pipeline(cfg: Config, run_dir: str, only: str | None = None, results_dir: str = "") -> dict:
+    """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs. With
+    `results_dir`, every finished step also leaves its small result file there (`write_result`).
     Returns {stage: metrics}."""
     with open_run(cfg, run_dir) as run:
+        run.results_dir = results_dir
         if run.data.num_unlabeled == 0 and only not in ("teacher_finetune", "baseline"):
             source = cfg.data.train_json if cfg.data.source != "builtin" else storage.join(run.run_dir, "data")
             raise ConfigError(f"the unlabeled pool is empty: {redact(run.data.unlabeled_json)} lists no image "
@@ -277,6 +309,7 @@ def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
             return {only: run.run_stage(only)}
         results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, storage.join(run.run_dir, "teacher", "initial"),
                                                                cfg.stages.teacher_finetune.use_gpu)}
+        write_result(results_dir, "teacher_initial", cfg, results["teacher_initial"])
         for name in ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baseline"):
             results[name] = run.run_stage(name)
         final = storage.join(run.run_dir, "student", "final")
