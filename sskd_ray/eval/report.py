@@ -42,21 +42,26 @@ def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) ->
     return "\n".join(lines)
 
 
-def efficiency_table(models: dict[str, str]) -> tuple[str, dict]:
-    """Parameters, FLOPs and CPU latency (batch 1) of trained models, from their final/ folders."""
+def efficiency_table(models: dict[str, str], rounds: int = 20) -> tuple[str, dict]:
+    """Parameters, FLOPs and CPU latency (batch 1, the models timed in alternation over `rounds`
+    rounds after a warm-up) of trained models, from their final/ folders."""
     import torch
 
     from sskd_ray.deploy.export import load_trained
-    from sskd_ray.eval.efficiency import efficiency_report
+    from sskd_ray.eval.efficiency import compare_latency, count_flops
+    from sskd_ray.models.maskformer import count_parameters
 
-    stats = {}
+    loaded, images = {}, {}
     for name, folder in models.items():
         if storage.is_file(storage.join(folder, "model.pt")):
             model, card = load_trained(folder)
             size = card["model"]["image_size"]
-            with torch.no_grad():
-                stats[name] = efficiency_report(model, (size, size), runs=3)
-    lines = ["| model | parameters | GFLOPs (one image) | input | latency, CPU batch 1 |", "|---|---:|---:|---:|---:|"]
+            loaded[name], images[name] = model.eval(), torch.rand(1, 3, size, size)
+    latency = compare_latency(loaded, images, rounds=rounds)
+    stats = {name: {"params": count_parameters(m), "flops": count_flops(m, images[name]), "latency_ms": latency[name],
+                    "image_size": list(images[name].shape[-2:])} for name, m in loaded.items()}
+    lines = [f"| model | parameters | GFLOPs (one image) | input | latency, CPU batch 1 ({torch.get_num_threads()} threads, "
+             f"median of {rounds} alternating rounds) |", "|---|---:|---:|---:|---:|"]
     for name, e in stats.items():
         lines.append(f"| {name} | {e['params'] / 1e6:.2f} M | {e['flops'] / 1e9:.2f} | {e['image_size'][0]} px | "
                      f"{e['latency_ms']:.0f} ms |")
