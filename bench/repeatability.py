@@ -10,7 +10,9 @@ setting's final weights and loss curve with the first run's:
 - a different torch thread count (1 instead of 2: a machine with other `cpus_per_worker`);
 - ATen's vector kernels restricted (`ATEN_CPU_CAPABILITY=default`, no AVX2: what a CPU with other
   vector instructions, e.g. AVX-512, does differently);
-- oneDNN's convolutions restricted to SSE4.1 (`ONEDNN_MAX_CPU_ISA=SSE41`: likewise for convolutions).
+- oneDNN's convolutions restricted to SSE4.1 (`ONEDNN_MAX_CPU_ISA=SSE41`: likewise for convolutions);
+- both capped at AVX2, the cap the docs recommend for the same bits across x86-64 machines (on an
+  AVX2 machine, as this one, it must change nothing).
 
 Each changed setting gives other rounding in some sums; training amplifies the difference step by
 step, so after a few hundred steps two such runs are two samples of the seed-to-seed spread rather
@@ -35,6 +37,8 @@ SETTINGS = {
     "1 torch thread instead of 2": {"SSKD_BENCH_THREADS": "1"},
     "ATEN_CPU_CAPABILITY=default": {"ATEN_CPU_CAPABILITY": "default"},
     "ONEDNN_MAX_CPU_ISA=SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
+    # the cap the docs recommend for bits across machines: on an AVX2 machine it changes nothing
+    "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 
 CHILD = r"""
@@ -105,7 +109,17 @@ def main() -> None:
             f"torch {torch.__version__}): {args.steps} demo student steps per setting, each in a fresh process.", "",
             "| setting | weights (sha256) | losses first differ at | final loss, abs. difference | weights, relative L2 difference |",
             "|---|---|---|---:|---:|"]
-    print(f"wrote {write_section('reproducibility', chr(10).join(head + rows))}")
+    notes = ["", "Reading: on one machine a run is bit-for-bit repeatable (the same weights; "
+             "tests/test_repeatable.py runs the smoke pipeline twice and compares every stage). Anything that "
+             "changes how a sum is split or vectorised (the torch thread count, ATen's or oneDNN's instruction set, "
+             "and so the CPU model, and the torch / oneDNN version) changes the loss in the first steps and the "
+             "weights by about 2 % after 20 steps; over a few hundred steps such a run becomes another sample of "
+             "the seed-to-seed spread. So a table made on another machine should be read with that spread (the "
+             "study's per-seed columns), not as exact figures. To reproduce bits on another x86-64 machine, use the "
+             "same lock file, the same `cpus_per_worker`, and cap both instruction sets at this machine's: "
+             "`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (set before `make demo`; a local Ray passes the "
+             "driver's environment to its workers)."]
+    print(f"wrote {write_section('reproducibility', chr(10).join(head + rows + notes))}")
 
 
 if __name__ == "__main__":
