@@ -34,11 +34,16 @@ class DataConfig:
     train_images: str = ""
     val_json: str = ""
     val_images: str = ""
+    # held-out test split, evaluated once per stage at its end ("" = none): val is for choices
+    # (iterations, thresholds, learning rates), test is what reported tables read
+    test_json: str = ""
+    test_images: str = ""
     labeled_fraction: float = 0.1
     split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
     seed: int = 0
     builtin_train_images: int = 600
     builtin_val_images: int = 500
+    builtin_test_images: int = 500  # its own random stream, the same held-out garments as val
     builtin_image_size: int = 128
     image_size: int = 128  # training resolution (square)
     max_instances: int = 6
@@ -73,6 +78,7 @@ class ModelConfig:
     num_heads: int = 4
     ffn_dim: int = 384
     embed_dim: int = 32
+    embed_kernel: int = 3  # the embedding head's first conv: 3 (3 x 3) or 1 (a per-pixel MLP)
     dropout: float = 0.1
     image_size: int = 128
     # gdino_sam2 teacher only
@@ -299,6 +305,8 @@ def validate_config(cfg: Config) -> None:
         model = getattr(cfg, name)
         if model.kind not in ("maskformer", "gdino_sam2"):
             raise ConfigError(f"{name}.kind: {model.kind!r} is not one of ('maskformer', 'gdino_sam2')")
+        if model.embed_kernel not in (1, 3):
+            raise ConfigError(f"{name}.embed_kernel: {model.embed_kernel} is not 1 or 3")
         if model.preset not in ("full", "builtin", "tiny"):
             raise ConfigError(f"{name}.preset: {model.preset!r} is not one of ('full', 'builtin', 'tiny')")
     for stage_name in ("teacher_finetune", "teacher_selftrain", "distill", "refine"):

@@ -25,6 +25,7 @@ from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
 from sskd_ray.models.freeze import apply_freeze, param_groups
+from sskd_ray.models.maskformer import use_channels_last
 from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
 from sskd_ray.train.prefetch import BatchPrefetcher
@@ -61,6 +62,21 @@ def build_stage_model(config: dict) -> torch.nn.Module:
     return model
 
 
+def prepare_step(model: torch.nn.Module, loss_cfg: LossConfig, stage: StageConfig,
+                 device: torch.device) -> tuple[torch.nn.Module, Objective, torch.optim.Optimizer]:
+    """The model on `device`, its objective and its optimizer, as every training step uses them:
+    a CNN student in channels-last memory on CPU (`use_channels_last`), AdamW over `param_groups` with
+    the fused kernel (one op for all parameters instead of a dozen small ones per parameter tensor,
+    which on the demo's CPU step cost more than the update itself)."""
+    model = model.to(device)
+    if device.type == "cpu":
+        use_channels_last(model)
+    objective = Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive)
+    groups = param_groups(model, stage.lr, stage.backbone_lr_mult, stage.weight_decay)
+    optimizer = torch.optim.AdamW(groups, fused=all(p.is_floating_point() for g in groups for p in g["params"]))
+    return model, objective, optimizer
+
+
 def _maybe_fail(iteration: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
@@ -90,12 +106,13 @@ def _save(model: torch.nn.Module, optimizer, iteration: int, history: list, skip
     return folder
 
 
-def _evaluate(model: torch.nn.Module, config: dict, device: torch.device, rank: int = 0, world: int = 1) -> dict:
-    """Every rank predicts its share of the val split (a collective: all ranks call this together);
-    rank 0 gets the mask metrics, the others {}."""
+def _evaluate(model: torch.nn.Module, config: dict, device: torch.device, rank: int = 0, world: int = 1,
+              split: str = "val") -> dict:
+    """Every rank predicts its share of the `split` ("val" or "test") split (a collective: all ranks call
+    this together); rank 0 gets the mask metrics, the others {}."""
     data = config["data"]
     inference = data.get("inference") or {}
-    metrics, _ = evaluate_distributed(model, data["val_json"], data["val_images"],
+    metrics, _ = evaluate_distributed(model, data[f"{split}_json"], data[f"{split}_images"],
                                       inference.get("short_side", data["image_size"]), rank, world, device=device,
                                       max_side=inference.get("max_side", 0), category_ids=config.get("category_ids"))
     return {k: v for k, v in (metrics or {}).items() if k.startswith("mask_")}
@@ -112,8 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     stage = _dataclass(StageConfig, config["stage"])
     loss_cfg = _dataclass(LossConfig, config["loss"])
     data = config["data"]
-    model = build_stage_model(config)
-    optimizer = torch.optim.AdamW(param_groups(model, stage.lr, stage.backbone_lr_mult, stage.weight_decay))
+    model, objective, optimizer = prepare_step(build_stage_model(config), loss_cfg, stage, device)
     start, history, skipped = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -127,8 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[{config['name']}] rank {rank}: resumed from the checkpoint at iteration {start}", flush=True)
     # find_unused_parameters: some configs leave parameters out of the graph (a decoder with fewer
     # layers than feature levels never reads the last level's projection)
-    objective = ray.train.torch.prepare_model(Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive),
-                                              parallel_strategy_kwargs={"find_unused_parameters": True})
+    objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
     plain = objective.module.model if hasattr(objective, "module") else objective.model
     enable_image_cache(data.get("image_cache_dir", ""), data.get("image_cache_gb", 0.0))  # object-store images only
     ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
@@ -192,6 +207,8 @@ def train_loop_per_worker(config: dict) -> None:
         evaluate = (stage.eval_every and done % stage.eval_every == 0) or last
         if evaluate:  # every rank predicts its share of the val split; rank 0 scores
             scores = _evaluate(plain, config, device, rank, world)
+            if last and data.get("test_json"):  # the held-out test split, once, at the end
+                scores.update({f"test_{k}": v for k, v in _evaluate(plain, config, device, rank, world, "test").items()})
             if rank == 0:
                 row = {**(row or {"iteration": done}), **scores}
         if row is not None and rank == 0:
@@ -203,9 +220,10 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 metrics = None
                 if last:
-                    metrics = {**{k: v for k, v in history[-1].items() if k.startswith("mask_")}, "iterations": done,
+                    metrics = {**{k: v for k, v in history[-1].items() if k.startswith(("mask_", "test_mask_"))},
+                               "iterations": done,
                                "skipped": batches.skipped, "world_size": world}
-                    report.update({k: v for k, v in metrics.items() if k.startswith("mask_")})
+                    report.update({k: v for k, v in metrics.items() if k.startswith(("mask_", "test_mask_"))})
                 folder = _save(plain, optimizer, done, history, batches.skipped, metrics)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
                 shutil.rmtree(folder, ignore_errors=True)  # report() copied it into the run's storage

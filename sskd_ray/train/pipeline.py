@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from sskd_ray import storage, tracking
-from sskd_ray.config import Config, ConfigError, flatten_config, save_config
+from sskd_ray.config import Config, ConfigError, config_digest, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
 from sskd_ray.data.pseudo_labels import DamagedStoreError, check_store
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
@@ -36,6 +36,8 @@ class PipelineData:
     unlabeled_json: str  # the pool (its annotations, when there are any, only measure pseudo-label quality)
     val_json: str
     val_images: str
+    test_json: str  # "" = no test split
+    test_images: str
     class_names: list[str]
     category_ids: list[int]
     num_labeled: int
@@ -55,13 +57,17 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
 
         root = build_builtin_dataset(storage.join(run_dir, "data"), cfg.data.builtin_train_images,
                                      cfg.data.builtin_val_images, cfg.data.builtin_image_size, cfg.data.seed,
-                                     cfg.data.labeled_fraction)
+                                     cfg.data.labeled_fraction, num_test=cfg.data.builtin_test_images)
         train_json, train_images = storage.join(root, "train.json"), storage.join(root, "images")
         val_json, val_images = storage.join(root, "val.json"), storage.join(root, "images")
+        test_json = storage.join(root, "test.json") if cfg.data.builtin_test_images else ""
+        test_images = storage.join(root, "images")
     else:
         train_json = cfg.data.train_json
         train_images = cfg.data.train_images or storage.parent(cfg.data.train_json)
         val_json, val_images = cfg.data.val_json, cfg.data.val_images or storage.parent(cfg.data.val_json)
+        test_json = cfg.data.test_json
+        test_images = cfg.data.test_images or (storage.parent(test_json) if test_json else "")
     splits = storage.join(run_dir, "splits")
     train = load_coco(train_json, train_images)
     if train.skipped:
@@ -76,12 +82,14 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
         write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
     write_split_file(storage.join(splits, "labeled.txt"), train.images, labeled)
     storage.write_json(storage.join(splits, "skipped.json"), train.skipped, indent=1)
-    val = load_coco(val_json, val_images)
-    val_part = _absolute(val, {im["id"] for im in val.images})
-    write_coco(storage.join(splits, "val.json"), val_part["images"], val_part["annotations"], val_part["categories"])
+    for name, source, images in (("val", val_json, val_images), ("test", test_json, test_images)):
+        if source:
+            held_out = load_coco(source, images)
+            part = _absolute(held_out, {im["id"] for im in held_out.images})
+            write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
     return PipelineData(storage.join(splits, "labeled.json"), storage.join(splits, "unlabeled.json"),
-                        storage.join(splits, "val.json"), splits, train.class_names, train.category_ids,
-                        len(labeled), len(unlabeled))
+                        storage.join(splits, "val.json"), splits, storage.join(splits, "test.json") if test_json else "",
+                        splits, train.class_names, train.category_ids, len(labeled), len(unlabeled))
 
 
 def _check_same_config(cfg: Config, run_dir: str) -> None:
@@ -104,6 +112,7 @@ def _stage_data(cfg: Config, data: PipelineData, image_size: int, pseudo_dir: st
     short = d.train_short_side or image_size
     return {"labeled_json": data.labeled_json, "labeled_images": storage.parent(data.labeled_json),
             "val_json": data.val_json, "val_images": data.val_images, "image_size": image_size,
+            "test_json": data.test_json, "test_images": data.test_images,
             "pseudo_dir": pseudo_dir, "pseudo_images": storage.parent(data.unlabeled_json),
             "score_threshold": cfg.label.score_threshold,
             "image_cache_dir": cfg.data.image_cache_dir, "image_cache_gb": cfg.data.image_cache_gb,
@@ -169,8 +178,12 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
             storage.write_bytes(storage.join(weights_dir, MODEL_FILE), buffer.getvalue())
             write_model_spec(weights_dir, cfg.teacher, data.class_names, data.category_ids,
                              _stage_data(cfg, data, cfg.teacher.image_size)["inference"])
-        metrics, _ = evaluate_model(model, data.val_json, data.val_images, cfg.data.eval_short_side or cfg.teacher.image_size,
-                                    device=device, max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
+        sizes = dict(short_side=cfg.data.eval_short_side or cfg.teacher.image_size, device=device,
+                     max_side=cfg.data.eval_max_side, category_ids=data.category_ids)
+        metrics, _ = evaluate_model(model, data.val_json, data.val_images, **sizes)
+        if data.test_json:
+            test, _ = evaluate_model(model, data.test_json, data.test_images, **sizes)
+            metrics.update({f"test_{k}": v for k, v in test.items() if k.startswith("mask_")})
         return metrics
 
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}
@@ -228,6 +241,27 @@ def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
         yield PipelineRun(cfg, run_dir, data, stage_specs(cfg, data, run_dir), uri, parent_id)
 
 
+def result_digest(cfg: Config) -> str:
+    """The config's hash without where the run lives (run_dir, tracking): two machines running the same
+    study get the same digest."""
+    flat = {k: v for k, v in flatten_config(cfg).items() if not k.startswith(("run_dir", "tracking."))}
+    return config_digest(flat)
+
+
+def write_result(results_dir: str, step: str, cfg: Config, metrics: dict, history: list | None = None) -> None:
+    """<results_dir>/<step>.json: one finished step's numbers (config digest, seed, metrics, and the val
+    curve when the stage evaluated along the way), small enough to commit, so a long study resumes
+    anywhere and its docs are rendered from these files alone."""
+    if not results_dir:
+        return
+    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    record = {"step": step, "seed": cfg.seed, "config_digest": result_digest(cfg), "metrics": keep}
+    if history:
+        record["curve"] = [{k: row[k] for k in ("iteration", "mask_AP", "mask_AP50", "mask_AP_agnostic") if k in row}
+                           for row in history if "mask_AP" in row]
+    storage.write_json(storage.join(results_dir, f"{step}.json"), record)
+
+
 @dataclass
 class PipelineRun:
     cfg: Config
@@ -236,6 +270,7 @@ class PipelineRun:
     specs: dict[str, StageSpec]
     uri: str
     parent_id: str
+    results_dir: str = ""  # where each finished step's small result file goes ("" = nowhere)
 
     def prepare_inputs(self, name: str) -> None:
         """Run whatever stage `name` reads and is not there yet (earlier stages, labeling passes)."""
@@ -249,18 +284,28 @@ class PipelineRun:
             self.label("teacher_selftrain", "adapted")
 
     def label(self, teacher_stage: str, out: str) -> dict:
-        return pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
-                            storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
+        summary = pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
+                               storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
+        write_result(self.results_dir, f"label_{out}", self.cfg,
+                     {"images_labeled": summary.get("images_labeled"), "instances": summary.get("instances"),
+                      **{f"quality_{k}": v for k, v in summary.get("quality", {}).items()}})
+        return summary
 
     def run_stage(self, name: str) -> dict:
         self.prepare_inputs(name)
-        return run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
+        metrics = run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
+        history = storage.join(self.specs[name].folder, "history.json")
+        write_result(self.results_dir, name, self.cfg, metrics,
+                     storage.read_json(history) if storage.is_file(history) else None)
+        return metrics
 
 
-def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
-    """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs.
+def run_pipeline(cfg: Config, run_dir: str, only: str | None = None, results_dir: str = "") -> dict:
+    """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs. With
+    `results_dir`, every finished step also leaves its small result file there (`write_result`).
     Returns {stage: metrics}."""
     with open_run(cfg, run_dir) as run:
+        run.results_dir = results_dir
         if run.data.num_unlabeled == 0 and only not in ("teacher_finetune", "baseline"):
             source = cfg.data.train_json if cfg.data.source != "builtin" else storage.join(run.run_dir, "data")
             raise ConfigError(f"the unlabeled pool is empty: {redact(run.data.unlabeled_json)} lists no image "
@@ -270,6 +315,7 @@ def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
             return {only: run.run_stage(only)}
         results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, storage.join(run.run_dir, "teacher", "initial"),
                                                                cfg.stages.teacher_finetune.use_gpu)}
+        write_result(results_dir, "teacher_initial", cfg, results["teacher_initial"])
         for name in ("teacher_finetune", "teacher_selftrain", "distill", "refine", "baseline"):
             results[name] = run.run_stage(name)
         final = storage.join(run.run_dir, "student", "final")
