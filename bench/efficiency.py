@@ -16,7 +16,7 @@ import torch
 from bench.benchmarks_doc import write_section
 from sskd_ray.config import load_config
 from sskd_ray.data.builtin import CLASS_NAMES
-from sskd_ray.eval.efficiency import efficiency_report, preset_model_config
+from sskd_ray.eval.efficiency import compare_latency, efficiency_report, preset_model_config
 from sskd_ray.models.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,22 +25,25 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["builtin"], choices=["builtin", "full"])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=20, help="alternating timed rounds per pair")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     demo = load_config(REPO / "configs" / "default.yaml")
     rows = []
     for preset in args.presets:
-        for role in ("student", "teacher"):
-            cfg = getattr(demo, role) if preset == "builtin" else preset_model_config(role, preset)
-            model = build_model(cfg, list(CLASS_NAMES)).to(args.device)
+        cfgs = {role: getattr(demo, role) if preset == "builtin" else preset_model_config(role, preset)
+                for role in ("student", "teacher")}
+        models = {role: build_model(cfg, list(CLASS_NAMES)).to(args.device).eval() for role, cfg in cfgs.items()}
+        images = {role: torch.rand(1, 3, cfg.image_size, cfg.image_size, device=args.device) for role, cfg in cfgs.items()}
+        latency = compare_latency(models, images, rounds=args.runs)  # the pair in alternation
+        for role, model in models.items():
             with torch.no_grad():
-                r = efficiency_report(model, (cfg.image_size, cfg.image_size), runs=args.runs)
-            rows.append((preset, role, cfg, r))
+                r = {**efficiency_report(model, (cfgs[role].image_size,) * 2, runs=1), "latency_ms": latency[role]}
+            rows.append((preset, role, cfgs[role], r))
             print(preset, role, r)
     lines = [f"Command: `python -m bench.efficiency --presets {' '.join(args.presets)} --runs {args.runs}` "
-             f"({args.device}, {torch.get_num_threads()} threads, {platform.machine()}; batch 1, median of "
-             f"{args.runs} runs after one warm-up).", "",
+             f"({args.device}, {torch.get_num_threads()} threads, {platform.machine()}; batch 1, student and teacher "
+             f"timed in alternation, median of {args.runs} rounds after three warm-up rounds).", "",
              "| preset | model | input | parameters | GFLOPs | latency |", "|---|---|---|---:|---:|---:|"]
     for preset, role, cfg, r in rows:
         name = f"{role}: {cfg.kind if cfg.kind != 'maskformer' else cfg.encoder + ' + ' + cfg.neck}"

@@ -47,11 +47,16 @@ class DataConfig:
     train_images: str = ""
     val_json: str = ""
     val_images: str = ""
+    # held-out test split, evaluated once per stage at its end ("" = none): val is for choices
+    # (iterations, thresholds, learning rates), test is what reported tables read
+    test_json: str = ""
+    test_images: str = ""
     labeled_fraction: Fraction = 0.1
     split_file: str = ""  # Guided-Distillation-style list of labeled image names (overrides the fraction)
     seed: int = 0
     builtin_train_images: int = 600
     builtin_val_images: int = 500
+    builtin_test_images: int = 500  # its own random stream, the same held-out garments as val
     builtin_image_size: int = 128
     image_size: int = 128  # training resolution (square)
     max_instances: int = 6
@@ -89,6 +94,7 @@ class ModelConfig:
     num_heads: int = 4
     ffn_dim: int = 384
     embed_dim: int = 32
+    embed_kernel: Literal[1, 3] = 3  # the embedding head's first conv: 3 (3 x 3) or 1 (a per-pixel MLP)
     dropout: float = 0.1
     image_size: int = 128
     # gdino_sam2 teacher only
@@ -192,6 +198,10 @@ class LabelConfig:
     images_per_shard: int = 64
     max_image_pixels: int = 40_000_000
     top_k: int = 20  # at most this many pseudo-labels (predictions) per image, highest score first
+    # one run at a time per store (label/lease.py): a run's lease expires this long after it stops renewing
+    # it (a dead run); another run waits for a live one, for ever when lease_wait_seconds is 0
+    lease_seconds: Annotated[float, Field(gt=0.0)] = 60.0
+    lease_wait_seconds: Annotated[float, Field(ge=0.0)] = 0.0
 
 
 @schema

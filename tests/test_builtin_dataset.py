@@ -5,7 +5,9 @@ import sys
 
 import numpy as np
 
-from sskd_ray.data.builtin import CLASS_NAMES
+from pathlib import Path
+
+from sskd_ray.data.builtin import CLASS_NAMES, build_builtin_dataset
 from sskd_ray.data.coco import decode_rle, load_coco, mask_to_bbox
 
 
@@ -54,3 +56,18 @@ def test_cli_is_byte_identical_for_one_seed(tmp_path):
     subprocess.run([sys.executable, "-m", "sskd_ray.data.builtin", "--out", str(other), "--train", "6",
                     "--val", "2", "--size", "64", "--seed", "1"], check=True, capture_output=True)
     assert _digest(other) != outs[0]
+
+
+def test_test_split_has_its_own_scenes_and_ids(tmp_path):
+    """The test split: its own random stream (no scene equal to a val scene), its own id blocks, the
+    held-out garments; val is byte-identical with or without it."""
+    with_test = Path(build_builtin_dataset(tmp_path / "a", num_train=4, num_val=3, size=64, seed=0, num_test=3))
+    without = Path(build_builtin_dataset(tmp_path / "b", num_train=4, num_val=3, size=64, seed=0))
+    test = json.loads((with_test / "test.json").read_text())
+    assert [im["id"] for im in test["images"]] == [2_000_001, 2_000_002, 2_000_003]
+    assert all(a["id"] > 20_000_000 for a in test["annotations"]) and test["annotations"]
+    assert not (without / "test.json").exists()
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    val_images = sorted((with_test / "images" / "val").iterdir())
+    assert [digest(p) for p in val_images] == [digest(p) for p in sorted((without / "images" / "val").iterdir())]
+    assert not {digest(p) for p in (with_test / "images" / "test").iterdir()} & {digest(p) for p in val_images}

@@ -59,6 +59,9 @@ def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
     ("data.crop_size=[64, 64, 3]", "data.crop_size"),
     ("data.scale_jitter=[2.0, 0.5]", "data.scale_jitter"),  # lo > hi: the one check across fields
     ("loss=3", "loss"),  # a section replaced by a scalar
+    ("student.embed_kernel=2", "student.embed_kernel"),  # 1 or 3
+    ("label.lease_seconds=0", "label.lease_seconds"),
+    ("data.test_json=7", "data.test_json"),
 ])
 def test_bad_keys_and_types_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -14,6 +14,7 @@ from sskd_ray.losses.correspondence import strong_to_weak
 from sskd_ray.losses.diagnostics import false_negative_rate, instance_margin
 from sskd_ray.losses.memory_bank import MemoryBank
 from sskd_ray.losses.negative_plan import GatheredSegment, SharedSegment, plan_from_index
+from sskd_ray.losses import negative_sampling
 from sskd_ray.losses.negative_sampling import plan_negatives
 from sskd_ray.losses.timing import SectionTimer
 
@@ -69,8 +70,13 @@ def test_margin_hinge_by_hand():
 
 
 @pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
-@pytest.mark.parametrize("rounds", [4, 0])  # rejection path, and the exact multinomial fallback alone
-def test_negative_frequencies_match_d_power(power, rounds):
+@pytest.mark.parametrize("path", ["rejection", "exact-dense", "exact-gathered"])
+def test_negative_frequencies_match_d_power(power, path, monkeypatch):
+    # rejection path; the exact fallback alone, its draws counted per candidate (few candidates) or
+    # gathered per row (many: forced here by lowering the bound)
+    rounds = 4 if path == "rejection" else 0
+    if path == "exact-gathered":
+        monkeypatch.setattr(negative_sampling, "DENSE_EXACT_CANDIDATES", 0)
     g = torch.Generator().manual_seed(1)
     qhat = F.normalize(torch.rand(7, 5, generator=g), dim=1)
     qhat[3] = qhat[0]  # a duplicate of anchor 0: d = 0, must never be drawn for anchor 0
@@ -157,8 +163,9 @@ def test_shared_proposals_give_each_anchor_its_own_target(device, power):
     anchors = cands[[0] + [5] * (chunk - 1)].repeat(blocks, 1)  # (blocks * 32, E)
     plan = plan_negatives(len(anchors), len(cands), k, anchors, cands, power, generator=g, chunk=chunk)
     shared = [s for b in plan.blocks for s in b.segments if isinstance(s, SharedSegment)]
-    assert len(shared) >= blocks  # the rejection path ran in every block (not the exact fallback)
-    assert all(len(s.cand) < len(cands) for s in shared)  # ... with fewer proposals than candidates
+    # the rejection path ran in every block, with fewer proposals than candidates (an exact group over
+    # few candidates is a shared segment over all of them)
+    assert sum(len(s.cand) < len(cands) for s in shared) >= blocks
     draws = plan.index()[::chunk].flatten().cpu().numpy()  # anchor A's K draws, one anchor per block
     counts = np.bincount(draws, minlength=150)
     d = (1 - cands @ cands[0]).clamp(0, 1).double().pow(power).cpu().numpy()
@@ -195,8 +202,11 @@ def _direct_loss(a, p, pool, idx, form, tau=0.1, margin=0.2):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["infonce", "hinge"])
-@pytest.mark.parametrize("rounds", [4, 0])  # shared proposals (+ exact for the few short rows); exact alone
-def test_fused_loss_equals_the_direct_formula_on_its_own_negatives(device, form, rounds):
+@pytest.mark.parametrize("path", ["rejection", "exact-dense", "exact-gathered"])  # + exact for the few short rows
+def test_fused_loss_equals_the_direct_formula_on_its_own_negatives(device, form, path, monkeypatch):
+    rounds = 4 if path == "rejection" else 0
+    if path == "exact-gathered":
+        monkeypatch.setattr(negative_sampling, "DENSE_EXACT_CANDIDATES", 0)
     g = torch.Generator().manual_seed(4)
     qhat = F.normalize(torch.rand(700, 9, generator=g) ** 4, dim=1).to(device)
     qhat[:5] = qhat[0]  # near-duplicates of each other
@@ -206,7 +216,8 @@ def test_fused_loss_equals_the_direct_formula_on_its_own_negatives(device, form,
     loss, plan = contrastive_loss(a, p, pool, qhat[:300], qhat, 16, temperature=0.1, form=form,
                                   generator=_gen(device, 5), chunk=128, rounds=rounds)
     kinds = {type(seg) for blk in plan.blocks for seg in blk.segments}
-    assert kinds == ({GatheredSegment} if rounds == 0 else kinds | {SharedSegment})
+    assert kinds == {"rejection": kinds | {SharedSegment}, "exact-dense": {SharedSegment},
+                     "exact-gathered": {GatheredSegment}}[path]
     idx = plan.index()
     assert idx.shape == (300, 16) and idx.min() >= 0 and idx.max() < 700
     direct = _direct_loss(a, p, pool, idx, form)

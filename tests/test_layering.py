@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sskd_ray"
 # bottom to top; a unit is a subpackage or a top-level module. Units of one layer do not import each other.
 LAYERS = (
-    {"redaction"}, {"storage"}, {"config"}, {"tracking", "ray_setup"},
+    {"redaction"}, {"storage"}, {"config"}, {"tracking_journal"}, {"tracking", "ray_setup"},
     {"data"}, {"models"}, {"losses", "eval"}, {"label"}, {"deploy", "train"}, {"tune"},
 )
 RANK = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}

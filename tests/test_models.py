@@ -153,3 +153,31 @@ def test_param_groups_give_the_backbone_its_own_lr_and_skip_decay_on_norms():
     for p in (decoder.query_feat.weight, decoder.query_pos.weight, decoder.level_embed.weight):
         assert id(p) in no_decay
     assert id(decoder.class_head.weight) not in no_decay and id(decoder.class_head.bias) in no_decay
+
+
+def test_frozen_stages_keep_their_batchnorm_statistics():
+    """Freezing the stem and first block of a CNN student also fixes their BatchNorm statistics: a
+    training-mode forward leaves the running statistics alone and computes what eval mode computes,
+    the later blocks still train with batch statistics, and the state dict keeps its keys (a frozen
+    model's weights load into a freshly built one)."""
+    frozen = ["encoder.trunk.conv_stem", "encoder.trunk.bn1", "encoder.trunk.blocks.0"]
+    cfg = tiny_model_config(ModelConfig(encoder="efficientnet_lite0", freeze=frozen))
+    model = build_model(cfg, NAMES)
+    keys = set(model.state_dict())
+    apply_freeze(model, cfg.freeze)
+    assert set(model.state_dict()) <= keys
+    trunk = model.encoder.trunk
+    before = {n: b.clone() for n, b in trunk.named_buffers() if n.startswith(("bn1", "blocks.0", "blocks.1"))}
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        stem_train = trunk.blocks[0](trunk.bn1(trunk.conv_stem(x)))
+        model(x)
+        trunk.eval()
+        stem_eval = trunk.blocks[0](trunk.bn1(trunk.conv_stem(x)))
+        trunk.train()
+    torch.testing.assert_close(stem_train, stem_eval)
+    after = dict(trunk.named_buffers())
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith(("bn1", "blocks.0")))
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("blocks.1") and "running" in n)
+    fresh = build_model(cfg, NAMES)
+    fresh.load_state_dict(model.state_dict())

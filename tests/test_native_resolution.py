@@ -300,7 +300,8 @@ def _padded_case(device: torch.device):
     return pad, {"labels": torch.tensor([1], device=device), "masks": gt}
 
 
-def test_matching_is_not_swayed_by_predictions_on_padding(device):
+@pytest.mark.parametrize("num_points", [300, 2000], ids=["points", "dense"])  # 16 x 24 = 384 pixels
+def test_matching_is_not_swayed_by_predictions_on_padding(device, num_points):
     """Query 0 is exact on the real pixels but fires on the padding; query 1 misses two columns of
     the instance. On real pixels query 0 is the match; counting the padding would pick query 1."""
     pad, target = _padded_case(device)
@@ -310,15 +311,16 @@ def test_matching_is_not_swayed_by_predictions_on_padding(device):
     logits[1, :, :4] = 10.0
     classes = torch.zeros(2, 3, device=device)
     extent = real_extent(pad)[0]
-    on_real = hungarian_match(classes, logits, target["labels"], target["masks"], 2000,
+    on_real = hungarian_match(classes, logits, target["labels"], target["masks"], num_points,
                               generator=torch.Generator(device).manual_seed(0), extent=extent)
-    whole = hungarian_match(classes, logits, target["labels"], target["masks"], 2000,
+    whole = hungarian_match(classes, logits, target["labels"], target["masks"], num_points,
                             generator=torch.Generator(device).manual_seed(0))
     assert on_real[0].tolist() == [0] and whole[0].tolist() == [1]
     assert on_real[0].device == device
 
 
-def test_set_loss_is_blind_to_anything_predicted_on_padding(device):
+@pytest.mark.parametrize("num_points", [256, 512], ids=["points", "dense"])  # 16 x 24 = 384 pixels
+def test_set_loss_is_blind_to_anything_predicted_on_padding(device, num_points):
     """Matching, uncertain and uniform points all lie on real pixels: changing the logits beyond the
     first padding column (which bilinear sampling at the edge may touch) leaves every term unchanged."""
     pad, target = _padded_case(device)
@@ -333,7 +335,7 @@ def test_set_loss_is_blind_to_anything_predicted_on_padding(device):
         if device.type == "cuda":
             torch.cuda.manual_seed_all(0)
         out = SegOutput(mask_logits, classes, torch.zeros(1, 4, 4, 6, device=device), [])
-        return set_loss(out, [target], pad_mask=pad_mask, num_points=256)
+        return set_loss(out, [target], pad_mask=pad_mask, num_points=num_points)
 
     same, moved = loss(logits, pad), loss(changed, pad)
     for key in ("loss_class", "loss_mask", "loss_dice"):

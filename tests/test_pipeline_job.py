@@ -118,6 +118,13 @@ def test_job_submit_runs_the_smoke_pipeline(submitted_run):
         metrics = json.loads((run_dir / stage / "metrics.json").read_text())
         assert metrics["mask_AP"] is not None and metrics["iterations"] >= 2
         assert 0.0 <= metrics["mask_AP_agnostic"] <= 100.0
+        # the held-out test split, scored once at the end beside val; the report's table reads test
+        assert 0.0 <= metrics["test_mask_AP"] <= 100.0 and "test_mask_AP_agnostic" in metrics
+    assert 0.0 <= json.loads((run_dir / "teacher" / "initial" / "metrics.json").read_text())["test_mask_AP"] <= 100.0
+    assert "| model | test mask AP |" in report and "## Mask AP on the test split" in report
+    test_ids = {im["id"] for im in json.loads((run_dir / "splits" / "test.json").read_text())["images"]}
+    val_ids = {im["id"] for im in json.loads((run_dir / "splits" / "val.json").read_text())["images"]}
+    assert len(test_ids) == 8 and not test_ids & val_ids
     assert "class-agnostic AP" in report
     summary = json.loads((run_dir / "pseudo" / "adapted" / "summary.json").read_text())
     assert summary["images_labeled"] == 18  # the 75 % unlabeled part of the 24 smoke images

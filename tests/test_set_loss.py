@@ -1,7 +1,7 @@
 import torch
 
 from sskd_ray.losses.matcher import hungarian_match, pairwise_dice
-from sskd_ray.losses.set_loss import dice_loss, set_loss
+from sskd_ray.losses.set_loss import dice_loss, set_loss, single_set_loss
 from sskd_ray.models.outputs import SegOutput
 
 
@@ -85,3 +85,41 @@ def test_matching_cost_and_point_losses_stay_fp32_under_bf16_autocast(device):
     q, g = __import__("sskd_ray.losses.matcher", fromlist=["hungarian_match"]).hungarian_match(
         class_logits, mask_logits, labels, gt, 256)
     assert q.device.type == device.type and g.device.type == device.type
+
+
+def test_dense_mask_terms_by_hand():
+    """A 2 x 2 prediction with 16 points asked for takes every pixel once. Logits 0 (p = .5) against
+    a mask covering the top row: BCE log 2 per pixel; Dice 1 - (2 * 1 + 1) / (2 + 2 + 1) = 0.4.
+    One query, one instance, weights 1: loss_mask = log 2, loss_dice = 0.4, whatever the seed."""
+    gt = torch.tensor([[[True, True], [False, False]]])
+    out = SegOutput(torch.zeros(1, 1, 2, 2), torch.tensor([[[5.0, -5.0]]]), torch.zeros(1, 2, 2, 2))
+    terms = single_set_loss(out.class_logits, out.mask_logits, [{"labels": torch.tensor([0]), "masks": gt}], 1.0,
+                            class_weight=1.0, mask_weight=1.0, dice_weight=1.0, num_points=16)
+    assert torch.allclose(terms["loss_mask"], torch.log(torch.tensor(2.0)))
+    assert torch.allclose(terms["loss_dice"], torch.tensor(0.4))
+
+
+def test_dense_targets_are_area_averages_and_padding_is_left_out():
+    """Ground truth at 4x the prediction's resolution enters as the covered share of each prediction
+    pixel; with the right half padded, only the left column of a 2 x 2 prediction counts."""
+    from sskd_ray.losses.point_sampling import grid_real, grid_targets
+
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, :4, :2] = True  # half of the top-left 4 x 4 block
+    torch.testing.assert_close(grid_targets(gt, (2, 2)), torch.tensor([[0.5, 0.0, 0.0, 0.0]]))
+    real = grid_real(torch.tensor([[0.5, 1.0]]), (2, 2), torch.device("cpu"))
+    assert real.tolist() == [[True, False, True, False]]
+    # logits on the padded column do not move the loss; on the real column they do
+    pad = torch.zeros(1, 8, 8, dtype=torch.bool)
+    pad[..., :4] = True
+    target = [{"labels": torch.tensor([0]), "masks": gt}]
+    classes = torch.tensor([[[5.0, -5.0]]])
+
+    def loss(logits):
+        return set_loss(SegOutput(logits, classes, torch.zeros(1, 2, 2, 2)), target, pad_mask=pad, num_points=64)["loss"]
+    base = torch.zeros(1, 1, 2, 2)
+    moved_pad, moved_real = base.clone(), base.clone()
+    moved_pad[..., 1] = 9.0
+    moved_real[..., 0] = 9.0
+    assert torch.equal(loss(base), loss(moved_pad))
+    assert not torch.equal(loss(base), loss(moved_real))

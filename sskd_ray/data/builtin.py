@@ -6,12 +6,14 @@ foundation teacher is pretrained on (`jobs/pretrain_teacher.py`: unshipped items
 backgrounds). A scene has 2-6 garments pasted at random scale, position and colour. Masks are exact: a garment's mask is its silhouette (pixels above a threshold,
 holes filled), and each later garment cuts the masks of those below it; a garment left with too
 little visible area is dropped (occluder blobs cut masks too). Train scenes use objects from Fashion-MNIST's training file, val
-scenes objects from its test file. Everything is seeded: one seed gives byte-identical output.
+and test scenes objects from its test file (the shipped held-out garments; no others ship). Val is
+for choices (iterations, thresholds, learning rates); test, made from its own random stream, is what
+reported tables read. Everything is seeded: one seed gives byte-identical output.
 
-    python -m sskd_ray.data.builtin --out DIR [--train 600] [--val 500] [--size 128] [--seed 0] [--domain target]
+    python -m sskd_ray.data.builtin --out DIR [--train 600] [--val 500] [--test 500] [--size 128] [--seed 0] [--domain target]
 
-writes DIR/train.json, DIR/val.json (COCO instances), DIR/images/{train,val}/*.png, and
-DIR/splits/labeled_<pct>.txt (Guided-Distillation-style list of the labeled train images).
+writes DIR/train.json, DIR/val.json, DIR/test.json (COCO instances), DIR/images/{train,val,test}/*.png,
+and DIR/splits/labeled_<pct>.txt (Guided-Distillation-style list of the labeled train images).
 """
 from __future__ import annotations
 
@@ -109,19 +111,24 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+SPLITS = {"train": 0, "val": 1, "test": 2}  # each split's random stream, and its id / annotation-id block
+
+
 def write_split(out: str, split: str, count: int, size: int, seed: int, assets: Assets,
                 max_instances: int = 6, domain: Domain = TARGET) -> str:
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 0 if domain.name == "target" else 1])
+    stream = SPLITS[split]
+    rng = np.random.default_rng([seed, stream, 0 if domain.name == "target" else 1])
+    objects = "train" if split == "train" else "val"  # val and test: held-out garments
     images, annotations = [], []
     for i in range(count):
-        image, masks, classes = render_scene(rng, assets, split, size, max_instances, domain)
+        image, masks, classes = render_scene(rng, assets, objects, size, max_instances, domain)
         file_name = f"{split}/{i:06d}.png"
         storage.write_bytes(storage.join(out, "images", file_name), _png_bytes(image))
-        image_id = i + 1 if split == "train" else 1_000_000 + i + 1
+        image_id = stream * 1_000_000 + i + 1
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
         for mask, cls in zip(masks, classes):
             annotations.append({
-                "id": len(annotations) + 1 + (0 if split == "train" else 10_000_000),
+                "id": len(annotations) + 1 + stream * 10_000_000,
                 "image_id": image_id, "category_id": cls + 1, "segmentation": encode_rle(mask),
                 "area": int(mask.sum()), "bbox": mask_to_bbox(mask), "iscrowd": 0,
             })
@@ -130,22 +137,24 @@ def write_split(out: str, split: str, count: int, size: int, seed: int, assets: 
 
 def build_builtin_dataset(out: str | Path, num_train: int = 600, num_val: int = 500, size: int = 128,
                           seed: int = 0, labeled_fraction: float = 0.1, max_instances: int = 6,
-                          domain: str = "target") -> str:
+                          domain: str = "target", num_test: int = 0) -> str:
     """Write the `domain` ("target": the demo's; "source": the teacher's pretraining world) dataset under
     `out`, a folder or URI (skipped when a finished copy with the same settings is there); returns
-    `out` as a normalized location."""
+    `out` as a normalized location. `num_test` > 0 adds a test split (test.json)."""
     if domain not in DOMAINS:
         raise ValueError(f"builtin domain '{domain}' is not one of {sorted(DOMAINS)}")
     recipe = DOMAINS[domain]
     out = storage.normalize(out)
     stamp = (f"train={num_train} val={num_val} size={size} seed={seed} frac={labeled_fraction} max={max_instances} "
-             f"domain={recipe.as_dict()}\n")
+             f"domain={recipe.as_dict()}" + (f" test={num_test}" if num_test else "") + "\n")
     done = storage.join(out, "DONE")
     if storage.is_file(done) and storage.read_text(done) == stamp:
         return out
     assets = load_assets(domain)
     train_json = write_split(out, "train", num_train, size, seed, assets, max_instances, recipe)
     write_split(out, "val", num_val, size, seed, assets, max_instances, recipe)
+    if num_test:
+        write_split(out, "test", num_test, size, seed, assets, max_instances, recipe)
     images = storage.read_json(train_json)["images"]
     labeled, _ = split_by_fraction([im["id"] for im in images], labeled_fraction, seed)
     write_split_file(storage.join(out, "splits", f"labeled_{round(labeled_fraction * 100)}.txt"), images, labeled)
@@ -158,14 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--train", type=int, default=600, help="number of train scenes")
     parser.add_argument("--val", type=int, default=500, help="number of val scenes")
+    parser.add_argument("--test", type=int, default=500, help="number of test scenes (0: none)")
     parser.add_argument("--size", type=int, default=128, help="scene side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labeled-fraction", type=float, default=0.1)
     parser.add_argument("--domain", choices=sorted(DOMAINS), default="target")
     args = parser.parse_args(argv)
     out = build_builtin_dataset(args.out, args.train, args.val, args.size, args.seed, args.labeled_fraction,
-                                domain=args.domain)
-    print(f"wrote the built-in dataset to {out} (train.json, val.json, images/, splits/)")
+                                domain=args.domain, num_test=args.test)
+    print(f"wrote the built-in dataset to {out} (train.json, val.json{', test.json' if args.test else ''}, images/, splits/)")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,28 @@ def measure_latency(model: nn.Module, images: torch.Tensor, warmup: int = 1, run
     return statistics.median(times)
 
 
+@torch.no_grad()
+def compare_latency(models: dict[str, nn.Module], images: dict[str, torch.Tensor], rounds: int = 20,
+                    warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per forward of each model, timed in alternation (one forward of each per
+    round) so a slower stretch of a shared machine falls on all of them alike."""
+    for _ in range(warmup):
+        for name, model in models.items():
+            model(images[name])
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            x = images[name]
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def efficiency_report(model: nn.Module, image_size: tuple[int, int], runs: int = 5) -> dict:
     model.eval()
     device = next(model.parameters()).device

@@ -7,11 +7,12 @@ import torch
 
 from sskd_ray import storage
 from sskd_ray.data.coco import load_coco
-from sskd_ray.eval.efficiency import efficiency_report
+from sskd_ray.eval.efficiency import compare_latency, count_flops
 from sskd_ray.eval.overlays import draw_overlay
 from sskd_ray.eval.plots import plot_stages, pyplot, save_figure
 from sskd_ray.models.checkpoint import is_trained_folder
 from sskd_ray.models.inference import read_image
+from sskd_ray.models.maskformer import count_parameters
 from sskd_ray.models.postprocess import Instance
 from sskd_ray.models.pretrained import TrainedModel
 from sskd_ray.redaction import redact
@@ -26,30 +27,44 @@ def fmt2(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def reported_split(results: dict[str, dict]) -> str:
+    """"test" when the run has a test split (every reported number reads it), else "val"."""
+    return "test" if any("test_mask_AP" in m for m in results.values()) else "val"
+
+
 def format_table(results: dict[str, dict], rows: tuple[tuple[str, str], ...]) -> str:
-    """Markdown table: one row per model, mask AP and AP50 on the val split, per class and class-agnostic."""
-    lines = ["| model | mask AP | mask AP50 | class-agnostic AP | class-agnostic AP50 | iterations | wall (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table: one row per model, mask AP and AP50 per class and class-agnostic on the test split
+    (val when the run has none), and val mask AP beside it (the split choices were made on)."""
+    split = reported_split(results)
+    p = "test_" if split == "test" else ""
+    lines = [f"| model | {split} mask AP | {split} mask AP50 | {split} class-agnostic AP | "
+             f"{split} class-agnostic AP50 |" + (" val mask AP |" if p else "") + " iterations | wall (s) |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if p else "") + "---:|---:|"]
     for key, label in rows:
         m = results.get(key)
         if m is None:
             continue
-        lines.append(f"| {label} | {_fmt(m.get('mask_AP'))} | {_fmt(m.get('mask_AP50'))} | "
-                     f"{_fmt(m.get('mask_AP_agnostic'))} | {_fmt(m.get('mask_AP50_agnostic'))} | "
-                     f"{m.get('iterations', '-')} | {m.get('wall_seconds', '-')} |")
+        lines.append(f"| {label} | {_fmt(m.get(p + 'mask_AP'))} | {_fmt(m.get(p + 'mask_AP50'))} | "
+                     f"{_fmt(m.get(p + 'mask_AP_agnostic'))} | {_fmt(m.get(p + 'mask_AP50_agnostic'))} | "
+                     + (f"{_fmt(m.get('mask_AP'))} | " if p else "")
+                     + f"{m.get('iterations', '-')} | {m.get('wall_seconds', '-')} |")
     return "\n".join(lines)
 
 
-def efficiency_table(models: dict[str, str]) -> tuple[str, dict]:
-    """Parameters, FLOPs and CPU latency (batch 1) of trained models, from their final/ folders."""
-    stats = {}
+def efficiency_table(models: dict[str, str], rounds: int = 20) -> tuple[str, dict]:
+    """Parameters, FLOPs and CPU latency (batch 1, the models timed in alternation over `rounds`
+    rounds after a warm-up) of trained models, from their final/ folders."""
+    loaded, images = {}, {}
     for name, folder in models.items():
         if is_trained_folder(folder):
             trained = TrainedModel.from_pretrained(folder)
             size = trained.card.model.image_size
-            with torch.no_grad():
-                stats[name] = efficiency_report(trained.model, (size, size), runs=3)
-    lines = ["| model | parameters | GFLOPs (one image) | input | latency, CPU batch 1 |", "|---|---:|---:|---:|---:|"]
+            loaded[name], images[name] = trained.model.eval(), torch.rand(1, 3, size, size)
+    latency = compare_latency(loaded, images, rounds=rounds)
+    stats = {name: {"params": count_parameters(m), "flops": count_flops(m, images[name]), "latency_ms": latency[name],
+                    "image_size": list(images[name].shape[-2:])} for name, m in loaded.items()}
+    lines = [f"| model | parameters | GFLOPs (one image) | input | latency, CPU batch 1 ({torch.get_num_threads()} threads, "
+             f"median of {rounds} alternating rounds) |", "|---|---:|---:|---:|---:|"]
     for name, e in stats.items():
         lines.append(f"| {name} | {e['params'] / 1e6:.2f} M | {e['flops'] / 1e9:.2f} | {e['image_size'][0]} px | "
                      f"{e['latency_ms']:.0f} ms |")
@@ -129,7 +144,7 @@ def write_report(run_dir: str, results: dict[str, dict], rows: tuple[tuple[str, 
     plot_stages(histories, at("losses.png"))
     table = format_table(results, rows)
     text = [f"# sskd-ray run `{storage.name(run_dir)}`", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}; config in `config.yaml`.",
-            "", "## Mask AP on the val split", "", table, "", *pseudo_label_section(run_dir)]
+            "", f"## Mask AP on the {reported_split(results)} split", "", table, "", *pseudo_label_section(run_dir)]
     models = {"teacher (adapted)": at("teacher", "selftrain", "final"), "student (final)": at("student", "final"),
               "student (supervised only)": at("student", "baseline", "final")}
     table_eff, _ = efficiency_table({k: v for k, v in models.items() if "supervised" not in k})

@@ -6,6 +6,8 @@ the store yet, cut into shards named after this run and their members (manifest.
 labels only its new images and another shard size never relabels anything. A shard's Parquet file
 appears atomically when it is done, so a killed run leaves whole shards, and its unfinished images
 are still pending next time. `out/teacher_id.json` pins the teacher identity; another teacher is refused.
+A run holds the store's lease (lease.py) from planning to summary, so two runs never label the same
+image; a shard that cannot be read is set aside and its images are labeled again.
 """
 from __future__ import annotations
 
@@ -21,21 +23,23 @@ import ray
 
 from sskd_ray import storage
 from sskd_ray.config import LabelConfig
-from sskd_ray.data.pseudo_labels import export_coco_results, shard_paths
+from sskd_ray.data.pseudo_labels import (DAMAGED_DIR, LEGACY_MARKER, TEACHER_MARKER, DamagedStoreError,
+                                         export_coco_results, set_aside, shard_paths)
+from sskd_ray.label.lease import hold_store
 from sskd_ray.label.manifest import count_in_store, new_run_id, plan_pending, write_manifest
 from sskd_ray.label.predictor import TeacherPredictor, TeacherRef
 from sskd_ray.redaction import redact
 
 WINDOW_SHARDS = 1024  # pending shards planned at a time: the driver's heap never holds the whole plan
-TEACHER_MARKER = "teacher_id.json"  # {"teacher": id} of the teacher whose labels the store holds
-LEGACY_MARKER = "teacher.json"  # its name in stores written before it had its own
 
 
 class TeacherMismatchError(RuntimeError):
     """`out` already holds labels from a different teacher."""
 
 
-def claim_output(out: str, teacher_id: str) -> None:
+def claim_output(out: str, teacher_id: str, source: str = "") -> None:
+    """Pin the store to `teacher_id`; `source` (how jobs/pseudo_label.py names that teacher, e.g.
+    "--teacher builtin --smoke") is kept for the command that repairs the store."""
     marker = storage.join(out, TEACHER_MARKER)
     legacy = storage.join(out, LEGACY_MARKER)
     found = marker if storage.is_file(marker) else legacy if storage.is_file(legacy) else ""
@@ -46,7 +50,8 @@ def claim_output(out: str, teacher_id: str) -> None:
                 f"{out} holds pseudo-labels from teacher '{existing}', not '{teacher_id}': "
                 f"use another --out, or delete {out} to relabel with the new teacher")
     else:
-        storage.write_json(marker, {"teacher": teacher_id}, indent=None)
+        storage.write_json(marker, {"teacher": teacher_id, **({"source": redact(source)} if source else {})},
+                           indent=None)
 
 
 def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
@@ -60,28 +65,47 @@ def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
                            f"but the Ray cluster has {have:g}; set label.num_gpus_per_actor=0 for CPU")
 
 
-def run_labeling(images: str | Iterable[dict], out: str | Path, teacher: TeacherRef, cfg: LabelConfig) -> dict:
+def run_labeling(images: str | Iterable[dict], out: str | Path, teacher: TeacherRef, cfg: LabelConfig,
+                 source: str = "") -> dict:
     """Label the images of a manifest (its location) or of image dicts (written to out/manifest.parquet)
     that `out` (a folder or URI) does not hold yet, with `teacher`; returns the summary (also
-    out/summary.json)."""
+    out/summary.json). Holds the store's lease throughout (one run at a time); damaged shards are set
+    aside and their images labeled again. `source`: how jobs/pseudo_label.py names the teacher (kept
+    in the store's teacher marker for the command that repairs it)."""
     out = storage.normalize(out)
-    claim_output(out, teacher.id)
-    manifest = images if isinstance(images, str) else write_manifest(images, out)
-    check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
-    run_id = new_run_id()
-    plan = plan_pending(manifest, out, cfg.images_per_shard, run_id)
-    start = time.perf_counter()
+    with hold_store(out, cfg.lease_seconds, cfg.lease_wait_seconds) as lease:
+        claim_output(out, teacher.id, source)
+        manifest = images if isinstance(images, str) else write_manifest(images, out)
+        check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
+        run_id = new_run_id()
+        start = time.perf_counter()
+        try:
+            shard_names, pending, windows = _plan(manifest, out, cfg.images_per_shard, run_id)
+            damaged = []
+        except DamagedStoreError as err:  # set the unreadable shards aside; their images are pending again
+            damaged = set_aside(out, err.damaged)
+            print(redact(f"WARNING: pseudo-label store {out}: {len(damaged)} damaged shard(s) set aside in "
+                         f"{storage.join(out, DAMAGED_DIR)} and their images labeled again: "
+                         + "; ".join(f"{d['shard']} ({d['reason']})" for d in damaged)), flush=True)
+            shard_names, pending, windows = _plan(manifest, out, cfg.images_per_shard, run_id)
+        opened = time.time()  # wall clock: compared with the actors' (one node: exact)
+        rows = _label_shards(windows, len(shard_names), out, teacher, cfg, lease.path)
+        actor_start = max(0.0, float(min(r["started"] for r in rows)) - opened) if rows else 0.0
+        return summarise(out, manifest, {"id": run_id, "shards": shard_names, "images_pending": pending,
+                                         "seconds": time.perf_counter() - start, "actor_start_seconds": actor_start,
+                                         "actor_processes": len({r["worker"] for r in rows}),
+                                         "damaged_shards": damaged})
+
+
+def _plan(manifest: str, out: str, per_shard: int, run_id: str) -> tuple[list[str], int, list[ray.data.Dataset]]:
+    """The pending shards, a window of WINDOW_SHARDS at a time: (names, images, one dataset per window)."""
+    plan = plan_pending(manifest, out, per_shard, run_id)
     shard_names, pending, windows = [], 0, []
     while window := list(itertools.islice(plan, WINDOW_SHARDS)):
         shard_names += [s["shard"] for s in window]
         pending += sum(len(s["images"]) for s in window)
         windows.append(_window_dataset(window))
-    opened = time.time()  # wall clock: compared with the actors' (one node: exact)
-    rows = _label_shards(windows, len(shard_names), out, teacher, cfg)
-    actor_start = max(0.0, float(min(r["started"] for r in rows)) - opened) if rows else 0.0
-    return summarise(out, manifest, {"id": run_id, "shards": shard_names, "images_pending": pending,
-                                     "seconds": time.perf_counter() - start, "actor_start_seconds": actor_start,
-                                     "actor_processes": len({r["worker"] for r in rows})})
+    return shard_names, pending, windows
 
 
 def _window_dataset(shards: list[dict]) -> ray.data.Dataset:
@@ -92,7 +116,7 @@ def _window_dataset(shards: list[dict]) -> ray.data.Dataset:
 
 
 def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, teacher: TeacherRef,
-                  cfg: LabelConfig) -> list[dict]:
+                  cfg: LabelConfig, lease: str = "") -> list[dict]:
     """Label every window through ONE actor pool: an actor is a fresh Python process (Ray never hands
     an actor an idle or prestarted worker) that imports torch and the model code and builds the
     teacher (3-4 s on 2 CPUs, far more for a large teacher on a GPU): that is the run's
@@ -105,7 +129,7 @@ def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, te
                                       max_size=max(cfg.max_actors, cfg.num_actors))
     ds = ds.map_batches(
         TeacherPredictor, batch_size=1, compute=pool,
-        fn_constructor_kwargs=dict(teacher=teacher, out_dir=out, cfg=cfg),
+        fn_constructor_kwargs=dict(teacher=teacher, out_dir=out, cfg=cfg, lease=lease),
         num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
     return ds.take_all()
 

@@ -19,6 +19,7 @@ from torch import nn
 from sskd_ray import storage
 from sskd_ray.config import LabelConfig
 from sskd_ray.data.pseudo_labels import write_shard
+from sskd_ray.label.lease import check_held
 from sskd_ray.models.build import build_model
 from sskd_ray.models.checkpoint import ModelCard, load_trained
 from sskd_ray.models.inference import predict_arrays, read_images
@@ -42,7 +43,7 @@ def load_teacher(teacher: TeacherRef, device: torch.device | str = "cpu") -> nn.
 
 
 class TeacherPredictor:
-    def __init__(self, teacher: TeacherRef, out_dir: str, cfg: LabelConfig):
+    def __init__(self, teacher: TeacherRef, out_dir: str, cfg: LabelConfig, lease: str = ""):
         torch.set_num_threads(max(1, cfg.torch_threads))  # several actors share the cores: no oversubscription
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_teacher(teacher, self.device)
@@ -50,6 +51,7 @@ class TeacherPredictor:
         self.out_dir = storage.normalize(out_dir)
         self.select = partial(select_instances, score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou,
                               max_instances=cfg.top_k)
+        self.lease = lease  # the run's claim on the store: checked before each shard is committed (lease.py)
 
     def label_shard(self, shard: str, images: list[dict]) -> dict:
         started, start = time.time(), time.perf_counter()  # wall clock: compared with the driver's (actor start)
@@ -64,6 +66,7 @@ class TeacherPredictor:
                          "key": im.get("key", im["path"]),  # the store's image key (pseudo_labels.py)
                          "instances": [{"category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
                                         "segmentation": r["segmentation"]["counts"]} for r in coco]})
+        check_held(self.lease)  # a run that lost the store to another writes nothing more
         # errors first, then the shard: a shard file on disk means everything about it is recorded
         storage.write_text(storage.join(self.out_dir, "errors", f"{shard}.json"), json.dumps(errors))
         write_shard(storage.join(self.out_dir, f"{shard}.parquet"), rows)

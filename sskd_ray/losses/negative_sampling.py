@@ -29,7 +29,9 @@ Sizes. A pilot of PILOT proposals (then discarded) estimates each anchor's accep
 round draws enough proposals for 95 % of the block's anchors, later rounds for the rest; anchors
 still short, or with acceptance below 1/16, get exact multinomial draws over all candidates, and
 so do all anchors of a block when there are no more candidates than proposals (tiny pools: exact
-is then cheaper, and draws of different anchors are independent).
+is then cheaper, and draws of different anchors are independent). Exact draws are inverse-CDF
+lookups over each row's running sum of d^power; over a pool of at most DENSE_EXACT_CANDIDATES they
+are counted per candidate, so a group of rows is scored by one matmul against the whole pool.
 
 Envelope. b_i is the smaller of two bounds computed in O((P + M) E) (see `_envelope`): a ball
 around the candidates' mean, and a coordinate-wise minimum (qhat >= 0). When all pixels look
@@ -48,7 +50,9 @@ EPS = 1e-5  # float32 rounding leaves d(i, i) ~ 1e-7, which sqrt(d) would lift t
 UNIFORM_ACCEPT = 0.5  # the uniform ablation's acceptance (decorrelates the anchors of a block)
 PILOT = 64  # proposals per block to estimate each anchor's acceptance (sizes the rounds)
 MAX_PROPOSALS_PER_NEGATIVE = 16  # a round draws at most 16 K proposals; rarer anchors go exact
-EXACT_ROWS = 64  # rows per exact multinomial group: O(64 M) memory
+EXACT_ROWS = 64  # rows per exact group over many candidates: O(64 M) memory
+DENSE_EXACT_CANDIDATES = 16384  # up to this many candidates, exact draws are scored as one shared segment
+DENSE_EXACT_ENTRIES = 4 * 1024 * 1024  # rows x candidates per dense exact group (16 MB of float32)
 
 
 def _rng_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
@@ -113,25 +117,42 @@ def _draw_round(qa: torch.Tensor | None, env: torch.Tensor | None, cands: torch.
     return proposals, accept.logical_and_(count <= need[:, None])
 
 
+def _inverse_cdf_draws(weight: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(n, M) non-negative weights, each row with a positive sum -> (n, count) column indices drawn
+    i.i.d. with probability weight / row sum: the first column whose running sum exceeds a uniform
+    draw over [0, row sum). A zero-weight column is never drawn (its running sum does not grow)."""
+    cdf = weight.cumsum(1)  # (n, M)
+    u = random_uniform((weight.shape[0], count), generator, weight.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=weight.shape[1] - 1)
+
+
 def _exact_segments(qa: torch.Tensor | None, rows: torch.Tensor, need: torch.Tensor, cands: torch.Tensor | None,
                     num_cands: int, power: float, exclude: torch.Tensor | None,
-                    generator: torch.Generator | None) -> list[GatheredSegment]:
-    """Exact multinomial draws over all candidates for the anchors rejection left short,
-    EXACT_ROWS at a time (each row's draws are gathered: they share little with other rows')."""
+                    generator: torch.Generator | None) -> list:
+    """Exact i.i.d. draws over all candidates for the anchors rejection left short, a group of rows at
+    a time. Few candidates (at most DENSE_EXACT_CANDIDATES): the draws are counted per candidate and
+    the group's negatives are one shared segment over every candidate, scored by one matmul. Many:
+    each row's draws are gathered (they share little with other rows')."""
     out = []
     device = rows.device
-    for s in range(0, len(rows), EXACT_ROWS):
-        r, n_need = rows[s:s + EXACT_ROWS], need[rows[s:s + EXACT_ROWS]]
+    dense = num_cands <= DENSE_EXACT_CANDIDATES
+    group = max(EXACT_ROWS, DENSE_EXACT_ENTRIES // num_cands) if dense else EXACT_ROWS
+    for s in range(0, len(rows), group):
+        r, n_need = rows[s:s + group], need[rows[s:s + group]]
         weight = (torch.ones(len(r), num_cands, device=device) if qa is None
                   else distance_weights(1 - qa[r] @ cands.T, power))  # (n, M)
         if exclude is not None:
             weight[torch.arange(len(r), device=device), exclude[r]] = 0.0
         weight[weight.sum(1) <= 0] = 1.0  # every candidate identical to the anchor: undefined, use uniform
         top = int(n_need.max())
-        draws = torch.multinomial(weight.to(_rng_device(generator, device)), top, replacement=True,
-                                  generator=generator).to(device)  # (n, top)
+        draws = _inverse_cdf_draws(weight, top, generator)  # (n, top)
         valid = torch.arange(top, device=device)[None, :] < n_need[:, None]
-        out.append(GatheredSegment(draws, r, None if bool(valid.all()) else valid))
+        if dense:
+            counts = torch.zeros(len(r), num_cands, device=device)
+            counts.scatter_add_(1, draws, valid.float())  # (n, M): how many of a row's negatives each candidate is
+            out.append(SharedSegment(r, torch.arange(num_cands, device=device), counts))
+        else:
+            out.append(GatheredSegment(draws, r, None if bool(valid.all()) else valid))
     return out
 
 

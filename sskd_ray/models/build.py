@@ -118,7 +118,7 @@ def build_maskformer(cfg: ModelConfig, num_classes: int) -> MaskFormerModel:
     neck = build_neck(cfg, encoder.channels)
     decoder = MaskDecoder(cfg.hidden_dim, cfg.num_queries, num_classes, cfg.decoder_layers, cfg.num_heads,
                           cfg.ffn_dim, cfg.dropout)
-    model = MaskFormerModel(encoder, neck, cfg.hidden_dim, decoder, cfg.embed_dim)
+    model = MaskFormerModel(encoder, neck, cfg.hidden_dim, decoder, cfg.embed_dim, cfg.embed_kernel)
     if cfg.pretrained == "source":
         load_source_weights(model, SOURCE_WEIGHTS)
     return model

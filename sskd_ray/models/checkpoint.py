@@ -104,7 +104,7 @@ def _weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
             aliases[name] = same[key]
             continue
         same[key] = name
-        t = t.to("cpu").contiguous()
+        t = t.to("cpu").contiguous()  # safetensors stores row-major only: channels-last conv weights too
         if t.numel() and t.untyped_storage().data_ptr() in storages:
             t = t.clone()
         storages.add(t.untyped_storage().data_ptr())

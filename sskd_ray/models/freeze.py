@@ -1,12 +1,16 @@
 """Freezing policy and per-part learning rates, by parameter-name prefix."""
 from __future__ import annotations
 
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 
 def apply_freeze(model: nn.Module, prefixes: list[str]) -> int:
     """Freeze every parameter whose name starts with one of `prefixes`; returns how many were frozen.
-    A prefix that matches nothing is an error (a typo would otherwise silently train everything)."""
+    A prefix that matches nothing is an error (a typo would otherwise silently train everything).
+    BatchNorm layers inside a frozen module keep their pretrained statistics too (timm's
+    FrozenBatchNorm2d, the same state-dict keys): frozen means the layer computes what it did before
+    training, whatever the batch (detectron2 freezes its backbone's first stages this way)."""
     frozen = 0
     for prefix in prefixes:
         hits = [p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")]
@@ -15,7 +19,21 @@ def apply_freeze(model: nn.Module, prefixes: list[str]) -> int:
         for p in hits:
             p.requires_grad_(False)
         frozen += len(hits)
+        _freeze_batch_norms(model, prefix)
     return frozen
+
+
+def _freeze_batch_norms(model: nn.Module, prefix: str) -> None:
+    """The BatchNorm layers in the module named `prefix` (nothing when it names a parameter) switched to
+    fixed statistics, in place."""
+    try:
+        module = model.get_submodule(prefix)
+    except AttributeError:
+        return
+    converted = freeze_batch_norm_2d(module)  # converts children in place; a BatchNorm itself is replaced
+    if converted is not module:
+        parent, _, name = prefix.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, converted)
 
 
 def backbone_prefixes(model: nn.Module) -> tuple[str, ...]:

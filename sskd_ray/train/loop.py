@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from sskd_ray import tracking
-from sskd_ray.config import StageConfig
+from sskd_ray import tracking as mlflow_tracking
+from sskd_ray.config import LossConfig, StageConfig
 from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
 from sskd_ray.models.build import build_model
 from sskd_ray.models.checkpoint import ModelCard, read_weights, save_trained
 from sskd_ray.models.freeze import apply_freeze, param_groups
+from sskd_ray.models.maskformer import use_channels_last
 from sskd_ray.train.data import ViewSizes, build_training_set, draw_batch
 from sskd_ray.train.objective import Objective
 from sskd_ray.train.prefetch import BatchPrefetcher
@@ -58,6 +59,21 @@ def build_stage_model(spec: StageSpec) -> torch.nn.Module:
     return model
 
 
+def prepare_step(model: torch.nn.Module, loss_cfg: LossConfig, stage: StageConfig,
+                 device: torch.device) -> tuple[torch.nn.Module, Objective, torch.optim.Optimizer]:
+    """The model on `device`, its objective and its optimizer, as every training step uses them:
+    a CNN student in channels-last memory on CPU (`use_channels_last`), AdamW over `param_groups` with
+    the fused kernel (one op for all parameters instead of a dozen small ones per parameter tensor,
+    which on the demo's CPU step cost more than the update itself)."""
+    model = model.to(device)
+    if device.type == "cpu":
+        use_channels_last(model)
+    objective = Objective(model, loss_cfg, stage.use_pseudo_labels, stage.use_contrastive)
+    groups = param_groups(model, stage.lr, stage.backbone_lr_mult, stage.weight_decay)
+    optimizer = torch.optim.AdamW(groups, fused=all(p.is_floating_point() for g in groups for p in g["params"]))
+    return model, objective, optimizer
+
+
 def _maybe_fail(iteration: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
@@ -90,17 +106,21 @@ def _save(model: torch.nn.Module, card: ModelCard, optimizer, iteration: int, hi
     return folder
 
 
-def _evaluate(model: torch.nn.Module, spec: StageSpec, device: torch.device, rank: int = 0, world: int = 1) -> dict:
-    """Every rank predicts its share of the val split (a collective: all ranks call this together);
-    rank 0 gets the mask metrics, the others {}."""
+def _evaluate(model: torch.nn.Module, spec: StageSpec, device: torch.device, rank: int = 0, world: int = 1,
+              split: str = "val") -> dict:
+    """Every rank predicts its share of the `split` ("val" or "test") split (a collective: all ranks call
+    this together); rank 0 gets the mask metrics, the others {}."""
     sizes = spec.inference
-    metrics, _ = evaluate_distributed(model, spec.inputs.val_json, spec.inputs.val_images, sizes.short_side, rank,
-                                      world, device=device, max_side=sizes.max_side, category_ids=spec.category_ids)
+    json_path, images = ((spec.inputs.test_json, spec.inputs.test_images) if split == "test"
+                         else (spec.inputs.val_json, spec.inputs.val_images))
+    metrics, _ = evaluate_distributed(model, json_path, images, sizes.short_side, rank, world, device=device,
+                                      max_side=sizes.max_side, category_ids=spec.category_ids)
     return {k: v for k, v in (metrics or {}).items() if k.startswith("mask_")}
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """config: {"spec": StageSpec, "card": the ModelCard to save with, "tracking_uri", "run_id"}."""
+    """config: {"spec": StageSpec, "card": the ModelCard to save with,
+    "tracking": {"uri", "run_id", "journal", "retry_s"} (tracking.metric_sender; run_id "" = no tracking)}."""
     import ray.train
     import ray.train.torch
 
@@ -110,8 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
     stage, inputs = spec.stage, spec.inputs
     torch.set_num_threads(stage.cpus_per_worker)
     device = ray.train.torch.get_device()
-    model = build_stage_model(spec)
-    optimizer = torch.optim.AdamW(param_groups(model, stage.lr, stage.backbone_lr_mult, stage.weight_decay))
+    model, objective, optimizer = prepare_step(build_stage_model(spec), spec.loss, stage, device)
     start, history, skipped = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -125,13 +144,12 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[{spec.name}] rank {rank}: resumed from the checkpoint at iteration {start}", flush=True)
     # find_unused_parameters: some configs leave parameters out of the graph (a decoder with fewer
     # layers than feature levels never reads the last level's projection)
-    objective = ray.train.torch.prepare_model(Objective(model, spec.loss, stage.use_pseudo_labels, stage.use_contrastive),
-                                              parallel_strategy_kwargs={"find_unused_parameters": True})
+    objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
     plain = objective.module.model if hasattr(objective, "module") else objective.model
     enable_image_cache(spec.data.image_cache_dir, spec.data.image_cache_gb)  # object-store images only
     ts = build_training_set(inputs.labeled_json, inputs.labeled_images, spec.model.image_size,
                             inputs.pseudo_dir if stage.use_pseudo_labels else "", inputs.pseudo_images,
-                            spec.score_threshold, rank, world)
+                            spec.score_threshold, rank, world, inputs.pseudo_skip)
     ts.skipped.update(skipped)
     pseudo_share = stage.pseudo_share if stage.use_pseudo_labels else 0.0
     amp = device.type == "cuda" and stage.amp
@@ -139,6 +157,9 @@ def train_loop_per_worker(config: dict) -> None:
     generator = torch.Generator(device=device).manual_seed(spec.seed * 1000 + rank)
     log_every = log_interval(stage)
     window: dict[str, list[float]] = {}
+    tracking = config["tracking"]
+    # rank 0's rows go to MLflow from a thread: the step never waits on the tracking server
+    sender = mlflow_tracking.metric_sender(tracking) if rank == 0 and tracking["run_id"] else None
     began, began_it = time.perf_counter(), start
     con_timer = (objective.module if hasattr(objective, "module") else objective).contrastive_timer
     # batches are drawn ahead on a thread (decoding off the training thread), still one pure function
@@ -187,23 +208,28 @@ def train_loop_per_worker(config: dict) -> None:
         evaluate = (stage.eval_every and done % stage.eval_every == 0) or last
         if evaluate:  # every rank predicts its share of the val split; rank 0 scores
             scores = _evaluate(plain, spec, device, rank, world)
+            if last and inputs.test_json:  # the held-out test split, once, at the end
+                scores.update({f"test_{k}": v for k, v in _evaluate(plain, spec, device, rank, world, "test").items()})
             if rank == 0:
                 row = {**(row or {"iteration": done}), **scores}
         if row is not None and rank == 0:
             history.append(row)
-            if config["run_id"]:
-                tracking.log_metrics(config["tracking_uri"], config["run_id"], row, step=done)
+            if sender is not None:
+                sender.log(mlflow_tracking.metrics_entry(tracking["run_id"], row, step=done))
         if done % stage.checkpoint_every == 0 or last:
             report = {"iteration": done, "skipped_images": len(batches.skipped)}
             if rank == 0:
                 metrics = None
                 if last:
-                    metrics = {**{k: v for k, v in history[-1].items() if k.startswith("mask_")}, "iterations": done,
+                    metrics = {**{k: v for k, v in history[-1].items() if k.startswith(("mask_", "test_mask_"))},
+                               "iterations": done,
                                "skipped": batches.skipped, "world_size": world}
-                    report.update({k: v for k, v in metrics.items() if k.startswith("mask_")})
+                    report.update({k: v for k, v in metrics.items() if k.startswith(("mask_", "test_mask_"))})
                 folder = _save(plain, config["card"], optimizer, done, history, batches.skipped, metrics)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
                 shutil.rmtree(folder, ignore_errors=True)  # report() copied it into the run's storage
             else:
                 ray.train.report(report)
         step_began = time.perf_counter()
+    if sender is not None:
+        sender.close()  # bounded; rows a silent server still holds are kept for the driver to send

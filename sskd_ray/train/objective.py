@@ -96,8 +96,8 @@ class Objective(nn.Module):
             # L_con reads the masks and scores detached: they are fused without a graph
             out = self.model.fuse(p, masks_with_grad=False) if self.use_contrastive else None
         else:
-            out = self.model(images)
-            out_w = select(out, torch.arange(b, device=weak.device)) if self.use_contrastive else out
+            out = self.model(images, decode=b)  # the strong view only needs embeddings
+            out_w = out
             for idx, key, count in ((lab, "loss_sup", num_masks[0]), (pl, "loss_pl", num_masks[1])):
                 if len(idx):
                     terms[key] = set_loss(select(out_w, idx), [targets[i] for i in idx.tolist()], count,
@@ -106,7 +106,8 @@ class Objective(nn.Module):
         diagnostics = {}
         if self.use_contrastive:
             timer = self.contrastive_timer
-            out_w = select(out, torch.arange(b, device=weak.device))
+            out_w = replace(out, embeddings=out.embeddings[:b]) if out.mask_logits.shape[0] == b else select(
+                out, torch.arange(b, device=weak.device))  # the VFM teacher decodes both views
             out_con = replace(out_w, embeddings=timer.begin(out_w.embeddings))
             terms["loss_con"], diagnostics = self._contrastive(out_con, timer.begin(out.embeddings[b:]), crop_boxes,
                                                                strong_flipped, targets, labeled, generator, pad_mask)

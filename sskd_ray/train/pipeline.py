@@ -21,9 +21,10 @@ import torch
 import yaml
 
 from sskd_ray import storage, tracking
-from sskd_ray.config import Config, ConfigError, flatten_config, save_config
+from sskd_ray.config import Config, ConfigError, config_digest, flatten_config, save_config
 from sskd_ray.data.builtin import build_builtin_dataset
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
+from sskd_ray.data.pseudo_labels import DamagedStoreError, check_store
 from sskd_ray.data.resize import InferenceSizes
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
 from sskd_ray.eval.model_eval import evaluate_model
@@ -46,6 +47,8 @@ class PipelineData:
     unlabeled_json: str  # the pool (its annotations, when there are any, only measure pseudo-label quality)
     val_json: str
     val_images: str
+    test_json: str  # "" = no test split
+    test_images: str
     class_names: list[str]
     category_ids: list[int]
     num_labeled: int
@@ -63,13 +66,17 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
     if cfg.data.source == "builtin":
         root = build_builtin_dataset(storage.join(run_dir, "data"), cfg.data.builtin_train_images,
                                      cfg.data.builtin_val_images, cfg.data.builtin_image_size, cfg.data.seed,
-                                     cfg.data.labeled_fraction)
+                                     cfg.data.labeled_fraction, num_test=cfg.data.builtin_test_images)
         train_json, train_images = storage.join(root, "train.json"), storage.join(root, "images")
         val_json, val_images = storage.join(root, "val.json"), storage.join(root, "images")
+        test_json = storage.join(root, "test.json") if cfg.data.builtin_test_images else ""
+        test_images = storage.join(root, "images")
     else:
         train_json = cfg.data.train_json
         train_images = cfg.data.train_images or storage.parent(cfg.data.train_json)
         val_json, val_images = cfg.data.val_json, cfg.data.val_images or storage.parent(cfg.data.val_json)
+        test_json = cfg.data.test_json
+        test_images = cfg.data.test_images or (storage.parent(test_json) if test_json else "")
     splits = storage.join(run_dir, "splits")
     train = load_coco(train_json, train_images)
     if train.skipped:
@@ -84,12 +91,14 @@ def prepare_data(cfg: Config, run_dir: str) -> PipelineData:
         write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
     write_split_file(storage.join(splits, "labeled.txt"), train.images, labeled)
     storage.write_json(storage.join(splits, "skipped.json"), train.skipped, indent=1)
-    val = load_coco(val_json, val_images)
-    val_part = _absolute(val, {im["id"] for im in val.images})
-    write_coco(storage.join(splits, "val.json"), val_part["images"], val_part["annotations"], val_part["categories"])
+    for name, source, images in (("val", val_json, val_images), ("test", test_json, test_images)):
+        if source:
+            held_out = load_coco(source, images)
+            part = _absolute(held_out, {im["id"] for im in held_out.images})
+            write_coco(storage.join(splits, f"{name}.json"), part["images"], part["annotations"], part["categories"])
     return PipelineData(storage.join(splits, "labeled.json"), storage.join(splits, "unlabeled.json"),
-                        storage.join(splits, "val.json"), splits, train.class_names, train.category_ids,
-                        len(labeled), len(unlabeled))
+                        storage.join(splits, "val.json"), splits, storage.join(splits, "test.json") if test_json else "",
+                        splits, train.class_names, train.category_ids, len(labeled), len(unlabeled))
 
 
 def _check_same_config(cfg: Config, run_dir: str) -> None:
@@ -112,7 +121,8 @@ def stage_specs(cfg: Config, data: PipelineData, run_dir: str) -> dict[str, Stag
     specs = {}
     for name, definition in STAGES.items():
         inputs = StageInputs(data.labeled_json, storage.parent(data.labeled_json), data.val_json, data.val_images,
-                             pseudo_images=storage.parent(data.unlabeled_json))
+                             pseudo_images=storage.parent(data.unlabeled_json), test_json=data.test_json,
+                             test_images=data.test_images)
         if definition.labels_from:
             inputs.pseudo_dir = storage.join(run_dir, "pseudo", definition.labels_pass)
         init = storage.join(run_dir, *STAGES[definition.init_from].folder, "final") if definition.init_from else ""
@@ -141,8 +151,11 @@ def evaluate_initial_teacher(cfg: Config, data: PipelineData, folder: str, use_g
         if weights_dir:
             save_trained(weights_dir, model, make_card(cfg.teacher, "teacher", data.class_names, data.category_ids,
                                                        sizes, stage="teacher_initial", run=folder))
-        metrics, _ = evaluate_model(model, data.val_json, data.val_images, sizes.short_side, device=device,
-                                    max_side=sizes.max_side, category_ids=data.category_ids)
+        at = dict(device=device, max_side=sizes.max_side, category_ids=data.category_ids)
+        metrics, _ = evaluate_model(model, data.val_json, data.val_images, sizes.short_side, **at)
+        if data.test_json:
+            test, _ = evaluate_model(model, data.test_json, data.test_images, sizes.short_side, **at)
+            metrics.update({f"test_{k}": v for k, v in test.items() if k.startswith("mask_")})
         return metrics
 
     metrics = {**ray.get(evaluate.remote()), "stage": "teacher_initial"}
@@ -155,7 +168,12 @@ def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, pa
     """One labeling pass over the pool with a trained teacher (skipped when finished before),
     logged as a child of `parent_run_id` in the run's MLflow store `uri`."""
     if is_done(out):
-        return storage.read_json(storage.join(out, "summary.json"))
+        try:
+            check_store(out)  # footers only: a shard damaged since is set aside and relabeled below
+            return storage.read_json(storage.join(out, "summary.json"))
+        except DamagedStoreError as err:
+            print(redact(f"[pseudo-label] {len(err.damaged)} shard(s) of {out} cannot be read (first: "
+                         f"{err.damaged[0][0]}): setting them aside and labeling their images again"), flush=True)
     cfg = replace(cfg, tracking=replace(cfg.tracking, uri=uri))
     summary = label_pool(cfg, data.unlabeled_json, teacher_dir, out, parent_run_id=parent_run_id)
     storage.write_text(storage.join(out, "DONE"), "done\n")
@@ -182,13 +200,34 @@ def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
     _check_same_config(cfg, run_dir)
     save_config(cfg, storage.join(run_dir, "config.yaml"))
     tags = {"sskd.pipeline": run_dir}
-    parent = tracking.find_run(uri, cfg.tracking.experiment, tags)
+    parent = tracking.find_run(uri, cfg.tracking.experiment, tags, run_dir=run_dir)
     with tracking.start_run(uri, cfg.tracking.experiment, f"pipeline {storage.name(run_dir)}", run_id=parent, tags=tags,
                             run_dir=run_dir) as parent_id:
         tracking.log_params(uri, parent_id, flatten_config(cfg))
         data = prepare_data(cfg, run_dir)
         print(redact(f"data: {data.num_labeled} labeled, {data.num_unlabeled} unlabeled, val {data.val_json}"))
         yield PipelineRun(cfg, run_dir, data, stage_specs(cfg, data, run_dir), uri, parent_id)
+
+
+def result_digest(cfg: Config) -> str:
+    """The config's hash without where the run lives (run_dir, tracking): two machines running the same
+    study get the same digest."""
+    flat = {k: v for k, v in flatten_config(cfg).items() if not k.startswith(("run_dir", "tracking."))}
+    return config_digest(flat)
+
+
+def write_result(results_dir: str, step: str, cfg: Config, metrics: dict, history: list | None = None) -> None:
+    """<results_dir>/<step>.json: one finished step's numbers (config digest, seed, metrics, and the val
+    curve when the stage evaluated along the way), small enough to commit, so a long study resumes
+    anywhere and its docs are rendered from these files alone."""
+    if not results_dir:
+        return
+    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    record = {"step": step, "seed": cfg.seed, "config_digest": result_digest(cfg), "metrics": keep}
+    if history:
+        record["curve"] = [{k: row[k] for k in ("iteration", "mask_AP", "mask_AP50", "mask_AP_agnostic") if k in row}
+                           for row in history if "mask_AP" in row]
+    storage.write_json(storage.join(results_dir, f"{step}.json"), record)
 
 
 @dataclass
@@ -199,6 +238,7 @@ class PipelineRun:
     specs: dict[str, StageSpec]
     uri: str
     parent_id: str
+    results_dir: str = ""  # where each finished step's small result file goes ("" = nowhere)
 
     def prepare_inputs(self, name: str) -> None:
         """Run whatever stage `name` reads and is not there yet (earlier stages, labeling passes)."""
@@ -209,18 +249,28 @@ class PipelineRun:
             self.label(definition.labels_from, definition.labels_pass)
 
     def label(self, teacher_stage: str, out: str) -> dict:
-        return pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
-                            storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
+        summary = pseudo_label(self.cfg, self.data, storage.join(self.specs[teacher_stage].folder, "final"),
+                               storage.join(self.run_dir, "pseudo", out), self.parent_id, self.uri)
+        write_result(self.results_dir, f"label_{out}", self.cfg,
+                     {"images_labeled": summary.get("images_labeled"), "instances": summary.get("instances"),
+                      **{f"quality_{k}": v for k, v in summary.get("quality", {}).items()}})
+        return summary
 
     def run_stage(self, name: str) -> dict:
         self.prepare_inputs(name)
-        return run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
+        metrics = run_stage(self.specs[name], self.uri, self.cfg.tracking.experiment, self.parent_id)
+        history = storage.join(self.specs[name].folder, "history.json")
+        write_result(self.results_dir, name, self.cfg, metrics,
+                     storage.read_json(history) if storage.is_file(history) else None)
+        return metrics
 
 
-def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
-    """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs.
+def run_pipeline(cfg: Config, run_dir: str, only: str | None = None, results_dir: str = "") -> dict:
+    """Run (or resume) the pipeline in `run_dir`; `only` runs one stage and what it needs. With
+    `results_dir`, every finished step also leaves its small result file there (`write_result`).
     Returns {stage: metrics}."""
     with open_run(cfg, run_dir) as run:
+        run.results_dir = results_dir
         if run.data.num_unlabeled == 0 and only not in ("teacher_finetune", "baseline"):
             source = cfg.data.train_json if cfg.data.source != "builtin" else storage.join(run.run_dir, "data")
             raise ConfigError(f"the unlabeled pool is empty: {redact(run.data.unlabeled_json)} lists no image "
@@ -230,6 +280,7 @@ def run_pipeline(cfg: Config, run_dir: str, only: str | None = None) -> dict:
             return {only: run.run_stage(only)}
         results = {"teacher_initial": evaluate_initial_teacher(cfg, run.data, storage.join(run.run_dir, "teacher", "initial"),
                                                                cfg.stages.teacher_finetune.use_gpu)}
+        write_result(results_dir, "teacher_initial", cfg, results["teacher_initial"])
         for name in STAGES:
             results[name] = run.run_stage(name)
         final = storage.join(run.run_dir, "student", "final")

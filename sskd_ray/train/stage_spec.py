@@ -19,6 +19,12 @@ class StageInputs:
     val_images: str
     pseudo_dir: str = ""  # a pseudo-label store; "" = labeled images only
     pseudo_images: str = ""  # the folder the store's file names are relative to
+    # the held-out test split, scored once at the stage's end ("" = none)
+    test_json: str = ""
+    test_images: str = ""
+    # rows of the store that label an image a second time, skipped by every worker (found once on the
+    # driver before the stage starts: stages.check_pseudo_labels); {shard: [row, ...]}
+    pseudo_skip: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

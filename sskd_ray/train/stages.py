@@ -2,7 +2,8 @@
 
     <folder>/final/             the trained model (sskd_ray.models.checkpoint: config.json +
                                 model.safetensors) and a copy of metrics.json, for the model card
-    <folder>/metrics.json       mask AP / AP50 on the val split, iterations, wall time, skipped images
+    <folder>/metrics.json       mask AP / AP50 on the val split (test_mask_* on the test split, when
+                                there is one), iterations, wall time, skipped images
     <folder>/history.json       loss terms, lr, diagnostics and periodic AP over iterations
     <folder>/losses.png         the same as curves
     <folder>/DONE               written last: a stage with DONE is never trained again
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from sskd_ray import storage, tracking
+from sskd_ray.data.pseudo_labels import duplicate_rows
 from sskd_ray.eval.plots import plot_history
 from sskd_ray.models.checkpoint import CARD_FILE, WEIGHTS_FILE
 from sskd_ray.ray_setup import check_shared_storage
@@ -36,18 +38,32 @@ def read_metrics(folder: str) -> dict:
     return storage.read_json(storage.join(folder, METRICS_FILE))
 
 
+def check_pseudo_labels(store: str) -> dict[str, list[int]]:
+    """Before a stage reads the store: a damaged shard stops it here, naming the file and the command
+    that repairs the store (DamagedStoreError); rows that label an image twice are returned, to be
+    skipped by every worker (each image read once)."""
+    skip = duplicate_rows(store)
+    if skip:
+        print(redact(f"WARNING: pseudo-label store {store} holds {sum(map(len, skip.values()))} row(s) of images "
+                     f"that already have a row (written before runs took the store's lease?): training reads "
+                     f"each image once"), flush=True)
+    return skip
+
+
 def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    if os.environ.get(FAULT_ENV):  # fault injection for tests reaches the workers through their env
-        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    # fault injection for tests, and the bounds of MLflow's HTTP retries (no secrets), reach the workers
+    env.update({k: v for k, v in os.environ.items() if k == FAULT_ENV or k in tracking.HTTP_BOUNDS})
     storage_path = spec.storage or storage.join(storage.parent(storage.parent(spec.folder)), "ray_train")
     check_shared_storage(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "card": spec.card(), "tracking_uri": uri, "run_id": run_id},
+        train_loop_config={"spec": spec, "card": spec.card(),
+                           "tracking": {"uri": uri, "run_id": run_id, "journal": tracking.pending_folder(),
+                                        "retry_s": float(os.environ.get(tracking.RETRY_ENV, 30))}},
         scaling_config=ScalingConfig(num_workers=spec.stage.num_workers, use_gpu=spec.stage.use_gpu,
                                      resources_per_worker={"CPU": spec.stage.cpus_per_worker,
                                                            **({"GPU": 1} if spec.stage.use_gpu else {})}),
@@ -68,8 +84,11 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
     if is_done(folder):
         print(redact(f"[{spec.name}] already done: {folder} (mask AP {read_metrics(folder).get('mask_AP')})"))
         return read_metrics(folder)
+    if spec.stage.use_pseudo_labels and spec.inputs.pseudo_dir:
+        inputs = dataclasses.replace(spec.inputs, pseudo_skip=check_pseudo_labels(spec.inputs.pseudo_dir))
+        spec = dataclasses.replace(spec, inputs=inputs)
     tags = {"sskd.stage": spec.name, **({"sskd.parent": parent_run_id} if parent_run_id else {}), **(tags or {})}
-    existing = tracking.find_run(uri, experiment, tags)
+    existing = tracking.find_run(uri, experiment, tags, run_dir=folder)
     start = time.perf_counter()
     with tracking.start_run(uri, experiment, spec.name, parent_id=parent_run_id, run_id=existing, tags=tags,
                             run_dir=folder) as run_id:
