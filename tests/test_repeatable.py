@@ -35,7 +35,9 @@ def _fingerprint(run_dir: Path) -> dict:
         weights = run_dir / stage / "final"
         if is_trained_folder(str(weights)):
             state = read_weights(str(weights))
-            out[f"{stage} weights"] = hashlib.sha256(b"".join(t.numpy().tobytes() for t in state.values())).hexdigest()
+            # by name: safetensors hands the tensors back in no fixed order
+            out[f"{stage} weights"] = hashlib.sha256(b"".join(name.encode() + state[name].numpy().tobytes()
+                                                              for name in sorted(state))).hexdigest()
     for label_pass in ("finetune", "adapted"):
         shards = sorted((run_dir / "pseudo" / label_pass).glob("shard-*.parquet"))  # names carry the run's id
         table = pa.concat_tables([pq.read_table(p) for p in shards]).sort_by("image_id")
