@@ -353,7 +353,8 @@ def test_paper_configs_state_native_sizes_and_the_demo_stays_square():
     from sskd_ray.train.data import ViewSizes
     from sskd_ray.train.pipeline import _stage_data
 
-    paths = SimpleNamespace(labeled_json="l.json", val_json="v.json", val_images="v", unlabeled_json="u.json")
+    paths = SimpleNamespace(labeled_json="l.json", val_json="v.json", val_images="v", test_json="", test_images="",
+                            unlabeled_json="u.json")
     city = _stage_data(load_config("configs/cityscapes_10pct.yaml"), paths, 518)
     assert ViewSizes.from_data(city) == ViewSizes(1024, (512, 1024), (0.5, 2.0))
     assert city["inference"] == {"short_side": 1024, "max_side": 2048}
