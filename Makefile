@@ -1,25 +1,42 @@
-# Two entry points: `make demo` (the built-in pipeline on CPU) and `make test`.
-# TORCH_SPEC picks the torch build: the default is the CPU wheel; on a GPU machine use e.g.
-# TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
-# Where only PyPI is reachable the pin does not hold: timm needs torchvision, PyPI's torchvision 0.28.0
-# (the match for 2.13) does not import next to torch 2.13.0+cpu ("operator torchvision::nms does not
-# exist", checked 2026-12-05), so pip takes torchvision 0.29.1 and with it torch 2.14.1 and its CUDA
-# libraries (it runs on CPU; CI runs this way). With the PyTorch index reachable,
-# TORCH_SPEC="torch==2.13.0 torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu" keeps it CPU-only.
+# Entry points: `make demo` (the built-in pipeline on CPU), `make test`, `make lock`.
+# Installs come from the lock files in requirements/ (exact versions, sha256 hashes, --no-deps), so
+# the same commit installs the same environment on any machine, whenever it runs:
+#   LOCK=pypi (default)  requirements/lock-pypi.txt: everything from PyPI. On Linux x86_64 PyPI's torch
+#                        is the CUDA 13 build (torch 2.14.1 + the nvidia-* libraries, ~7 GB in .venv); it
+#                        runs on CPU too. This is what CI and a machine that reaches only PyPI install.
+#   LOCK=cpu             requirements/torch-cpu.txt (torch 2.14.1+cpu from PyTorch's CPU index) and
+#                        requirements/lock-cpu.txt (the same pins less torch and the CUDA packages).
+# `make lock` re-resolves the locks (uv, pinned below); `make lock UPGRADE=1` moves every pin to the newest
+# release the constraints allow. README "Install" says what each variant holds and how big it is.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+LOCK ?= pypi
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(LOCK)
+UV_VERSION := 0.13.9
+UV := .lock-tools/bin/uv
+COMPILE = $(UV) pip compile --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--index-url https://pypi.org/simple $(if $(UPGRADE),--upgrade)
 
-.PHONY: install demo test test-gpu bench clean
+.PHONY: install demo test test-gpu bench lock clean
 
-$(STAMP): pyproject.toml
+ifeq ($(LOCK),cpu)
+TORCH_FIRST := $(PY) -m pip install -q --no-deps -r requirements/torch-cpu.txt
+else
+TORCH_FIRST := true
+endif
+
+# sam2 compiles against the torch just installed: no build isolation; SAM2_BUILD_CUDA=0, no CUDA extension.
+# pip check: the lock is complete (installed with --no-deps, nothing outside it comes in).
+$(STAMP): requirements/lock-$(LOCK).txt requirements/sam2.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,export]"
-	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation sam2==1.1.0 hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 iopath==0.1.10 portalocker  # [sam2] without torchvision
+	$(TORCH_FIRST)
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/lock-$(LOCK).txt
+	# sam2 compiles against the torch just installed (no build isolation; SAM2_BUILD_CUDA=0: no CUDA extension)
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --require-hashes --no-deps --no-build-isolation -r requirements/sam2.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,6 +56,18 @@ bench: $(STAMP)
 	$(PY) bench/contrastive_memory.py
 	$(PY) bench/efficiency.py --presets builtin
 	$(PY) bench/pseudo_label_throughput.py --images 480 --per-shard 16
+
+$(UV):
+	$(PYTHON) -m venv .lock-tools
+	.lock-tools/bin/python -m pip install -q uv==$(UV_VERSION)
+
+# Re-resolve the locks from pyproject.toml + requirements/lock.in (needs pypi.org); the CPU lock is
+# derived from the PyPI one. requirements/torch-cpu.txt (two pins) is edited by hand with torch-pypi.txt.
+lock: $(UV)
+	$(COMPILE) pyproject.toml --extra test --extra export requirements/lock.in -c requirements/torch-pypi.txt \
+		-o requirements/lock-pypi.txt
+	$(COMPILE) --no-deps requirements/sam2.in -o requirements/sam2.txt
+	$(PYTHON) requirements/derive_cpu_lock.py requirements/lock-pypi.txt requirements/lock-cpu.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sskd_ray import storage
 from sskd_ray.config import load_config
+from sskd_ray.data.pseudo_labels import DamagedStoreError
 from sskd_ray.eval.report import format_table
 from sskd_ray.ray_setup import init_ray
 from sskd_ray.redaction import redact
@@ -43,7 +44,10 @@ def main() -> None:
     run_dir = storage.normalize(args.run_dir or cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     init_ray()
     start = time.perf_counter()
-    results = run_pipeline(cfg, run_dir, only=args.stage, results_dir=args.results)
+    try:
+        results = run_pipeline(cfg, run_dir, only=args.stage, results_dir=args.results)
+    except DamagedStoreError as err:  # which file, and what repairs it; not pyarrow's traceback
+        parser.exit(2, f"full_pipeline: error: {err}\n")
     if not args.stage:  # the report's table, as the run ends (the README's demo table is this one)
         print(format_table(results, ROWS))
     print(redact(f"finished in {time.perf_counter() - start:.0f} s; results in {run_dir}"))

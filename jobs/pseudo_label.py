@@ -16,6 +16,8 @@ import argparse
 import json
 
 from sskd_ray.config import load_config
+from sskd_ray.data.pseudo_labels import DamagedStoreError
+from sskd_ray.label.lease import StoreBusyError
 from sskd_ray.label.manifest import EmptyPoolError
 from sskd_ray.label.run import label_pool
 from sskd_ray.ray_setup import init_ray
@@ -37,7 +39,7 @@ def main() -> None:
     try:
         summary = label_pool(cfg, args.images, args.teacher, args.out, smoke=args.smoke,
                              reuse_manifest=args.reuse_manifest)
-    except (EmptyPoolError, FileNotFoundError) as err:
+    except (EmptyPoolError, FileNotFoundError, DamagedStoreError, StoreBusyError) as err:
         parser.exit(2, f"pseudo_label: error: {err}\n")
     print(json.dumps({k: summary[k] for k in ("images_seen", "images_labeled", "images_skipped", "instances",
                                               "images_per_second", "teacher") if k in summary}))

@@ -172,6 +172,10 @@ class LabelConfig:
     images_per_shard: int = 64
     max_image_pixels: int = 40_000_000
     top_k: int = 20  # at most this many pseudo-labels (predictions) per image, highest score first
+    # one run at a time per store (label/lease.py): a run's lease expires this long after it stops renewing
+    # it (a dead run); another run waits for a live one, for ever when lease_wait_seconds is 0
+    lease_seconds: float = 60.0
+    lease_wait_seconds: float = 0.0
 
 
 @dataclass

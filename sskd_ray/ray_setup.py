@@ -42,6 +42,23 @@ def _started_head_address() -> str | None:
     return read_ray_address() or None
 
 
+AUTH_HELP = ("set RAY_AUTH_MODE=token and give this process the cluster's token (RAY_AUTH_TOKEN_PATH=<file>, "
+             "or the file ~/.ray/auth_token); docs/cluster.md \"Security\"")
+
+
+def _join(address: str) -> None:
+    """ray.init on a running cluster; a token it refuses (or lacks) is one clear error, not Ray's."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except AuthenticationError:
+        ray.shutdown()
+        raise ConnectionError(f"the Ray cluster at {redact(address)} requires token authentication and refused "
+                              f"this process: {AUTH_HELP}") from None
+
+
 def init_ray(local_cpus: int | None = None, address: str | None = None, connect_timeout_s: float = 10.0) -> dict:
     """Join a running Ray cluster, else start a private local one; print which, and return
     {"mode", "address", "CPU", "GPU"}.
@@ -72,13 +89,15 @@ def init_ray(local_cpus: int | None = None, address: str | None = None, connect_
                 raise ConnectionError(f"no Ray cluster answers at {source}{redact(explicit)} within "
                                       f"{connect_timeout_s:g} s: start it, correct the address, or set "
                                       f"{LOCAL_ENV}=1 for a private local Ray")
-            ray.init(address=explicit, log_to_driver=True)
+            _join(explicit)
         elif not local:
             head = _started_head_address()
             if head and _gcs_answers(head, connect_timeout_s):
                 try:
-                    ray.init(address=head, log_to_driver=True)
+                    _join(head)
                 except ConnectionError as err:
+                    if "token authentication" in str(err):
+                        raise
                     print(f"ray: could not join the cluster at {redact(head)} ({err}); starting a local Ray")
                     ray.shutdown()
                     local = True

@@ -87,3 +87,79 @@ def s3_env(s3_server, monkeypatch):
     storage._uri_filesystem.cache_clear()
     yield s3_server
     storage._uri_filesystem.cache_clear()
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend store, artifacts proxied through the server as
+    on the cluster), which a test can stop and start again on the same port and stores. `password`: MLflow's
+    basic-auth app with an `admin` user of that password (the client reads MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD)."""
+
+    def __init__(self, folder, password: str = ""):
+        import socket
+        from pathlib import Path
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder, self.password, self.process = Path(folder), password, None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.db = self.folder / "server.db"
+
+    def env(self) -> dict:
+        import os
+
+        env = dict(os.environ)
+        if self.password:
+            ini = self.folder / "auth.ini"
+            ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{self.folder / 'auth.db'}\n"
+                           f"admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                           f"auth_cache_ttl_seconds = 600\n")  # PBKDF2 per request is slow on a loaded 2-core machine
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=self.password,
+                       MLFLOW_FLASK_SERVER_SECRET_KEY="test-csrf-key-" + self.password[::-1])
+        return env
+
+    def start(self, timeout: float = 400) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.error
+        import urllib.request
+        from pathlib import Path
+
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.db}",
+               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"] + (["--app-name", "basic-auth"] if self.password else [])
+        log = (self.folder / "server.log").open("a")
+        self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=15)  # a loaded machine answers slowly
+                return
+            except urllib.error.HTTPError:
+                return  # it answers (auth may refuse even /health)
+            except OSError:
+                if time.time() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None

@@ -341,3 +341,44 @@ def test_init_ray_never_joins_another_jobs_private_ray_nor_a_stale_head():
     assert info["address"] != other_address and not info["address"].endswith(f":{dead_port}")
     assert f"127.0.0.1:{dead_port}" in stdout and "no Ray answers there" in stdout
     assert took < 120, took
+
+
+def _commands(raw: dict) -> list[str]:
+    return [c for key in ("setup_commands", "head_setup_commands", "head_start_ray_commands",
+                          "worker_start_ray_commands", "initialization_commands") for c in raw.get(key, [])]
+
+
+def test_cluster_yaml_control_planes_ask_for_a_secret():
+    """Issue 29 (1): every `ray start` with token auth, the dashboard (Jobs API) on the head's loopback
+    only, MLflow's basic-auth app on the private address, the secrets copied from files and never
+    written in the file; installs from the lock."""
+    import re
+
+    text = (REPO / "cluster.yaml").read_text()
+    raw = yaml.safe_load(text)
+    starts = [c for c in _commands(raw) if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert "0.0.0.0" not in text and "--dashboard-host=127.0.0.1" in starts[0]
+    server = next(c for c in raw["head_setup_commands"] if "mlflow server" in c)
+    assert "--app-name basic-auth" in server and "--host $(hostname -I" in server
+    assert 'MLFLOW_AUTH_ADMIN_PASSWORD="$(cat ~/.sskd-ray/mlflow_password)"' in server
+    assert raw["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any(c.startswith("chmod 600 ~/.ray/auth_token") for c in raw["setup_commands"])
+    assert all('MLFLOW_TRACKING_PASSWORD="$(cat ' in c for c in starts)  # from the file, never a literal
+    assert not re.search(r"\b[0-9a-f]{32,}\b", text)  # no token in the repository
+    assert any("requirements/lock-pypi.txt" in c and "--require-hashes" in c for c in raw["setup_commands"])
+
+
+def test_kuberay_rayjob_uses_token_auth_from_a_secret():
+    job = yaml.safe_load((REPO / "deploy" / "rayjob.yaml").read_text())
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"], job["spec"]["submitterPodTemplate"]] + \
+        [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "sskd-ray-auth", "key": "auth_token"}
+        assert "value" not in env["RAY_AUTH_TOKEN"]
+        if "MLFLOW_TRACKING_PASSWORD" in env:
+            assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "sskd-mlflow-auth"
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"  # reached by port-forward, no public endpoint

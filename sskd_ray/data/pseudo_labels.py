@@ -10,7 +10,11 @@ whose key is not in the store yet (`stored_keys`, which reads only that column).
 before the column existed have no key (null when read): their rows are matched by `image_id`.
 
 The store is a folder or a URI (sskd_ray.storage); a shard is written whole (a temporary name
-renamed, or one object upload), so a shard that exists is complete.
+renamed, or one object upload), so a shard that exists is complete. A shard damaged later (cut short
+by a full disk or a copy, overwritten, bit rot) is found by the readers here, which raise
+`DamagedStoreError` naming the file and the command that repairs the store, never pyarrow's own error:
+a labeling run sets such shards aside (`set_aside`, into `<store>/damaged/`) and labels their images
+again.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 
 from sskd_ray import storage
 from sskd_ray.data.coco import decode_rle
+from sskd_ray.redaction import redact
 
 INSTANCE_TYPE = pa.struct([
     ("category_id", pa.int32()),
@@ -55,9 +60,75 @@ def shard_paths(store: str | Path) -> list[str]:
     return storage.list_files(store, "shard-*.parquet")
 
 
+DAMAGED_DIR = "damaged"
+
+
+class DamagedStoreError(RuntimeError):
+    """Shards of a store that cannot be read; `damaged` lists (path, reason)."""
+
+    def __init__(self, store: str, damaged: list[tuple[str, str]]):
+        self.store, self.damaged = storage.normalize(store), damaged
+        listed = "; ".join(f"{path}: {reason}" for path, reason in damaged)
+        super().__init__(redact(
+            f"pseudo-label store {self.store}: {len(damaged)} shard(s) cannot be read ({listed}). Run the labeling "
+            f"again into this store: it sets them aside in {storage.join(self.store, DAMAGED_DIR)} and labels "
+            f"their images again: {relabel_command(self.store)} (a pipeline's store: re-run the pipeline command "
+            f"with the same --run-dir)"))
+
+
+def relabel_command(store: str) -> str:
+    """The command that labels the store's missing images again (the teacher recorded in teacher.json)."""
+    marker = storage.join(store, "teacher.json")
+    source = storage.read_json(marker).get("source", "") if storage.is_file(marker) else ""
+    return (f"python jobs/pseudo_label.py --images {storage.join(store, 'manifest.parquet')} --reuse-manifest "
+            f"{source or '--teacher <the teacher it was made with>'} --out {store}")
+
+
+def shard_problem(path: str, columns: list[str] | None = None) -> str | None:
+    """Why `path` cannot be read (its footer; and `columns`, when given), or None when it can."""
+    try:
+        fs, inner = storage.filesystem(path)
+        with fs.open_input_file(inner) as handle:
+            shard = pq.ParquetFile(handle)
+            if columns:
+                present = [c for c in columns if c in shard.schema_arrow.names]
+                shard.read(columns=present)
+    except FileNotFoundError:
+        return None  # set aside or replaced meanwhile: nothing to repair here
+    except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def check_store(store: str | Path, columns: list[str] | None = None) -> None:
+    """Raise DamagedStoreError when a shard's footer (or `columns`) cannot be read."""
+    damaged = [(p, why) for p in shard_paths(store) if (why := shard_problem(p, columns))]
+    if damaged:
+        raise DamagedStoreError(str(store), damaged)
+
+
+def set_aside(store: str | Path, damaged: list[tuple[str, str]]) -> list[dict]:
+    """Move damaged shards into <store>/damaged/ (kept for inspection, no longer read); their images
+    are then missing from the store, so the next plan labels them again. -> what was moved, and why."""
+    moved = []
+    for path, reason in damaged:
+        target = storage.join(store, DAMAGED_DIR, storage.name(path))
+        fs, inner = storage.filesystem(path)
+        target_inner = storage.filesystem(target)[1]
+        fs.create_dir(storage.filesystem(storage.parent(target))[1], recursive=True)
+        fs.move(inner, target_inner)
+        moved.append({"shard": path, "moved_to": target, "reason": reason})
+    return moved
+
+
 def _read_shard(path: str) -> pa.Table:
     fs, inner = storage.filesystem(path)
-    return pq.read_table(inner, schema=SCHEMA, filesystem=fs)
+    try:
+        return pq.read_table(inner, schema=SCHEMA, filesystem=fs)
+    except Exception as err:  # noqa: BLE001 - a damaged shard is named, with the command that repairs it
+        if why := shard_problem(path, ["instances"]):
+            raise DamagedStoreError(storage.parent(path), [(path, why)]) from None
+        raise OSError(f"cannot read {redact(path)}: {redact(str(err))}") from err
 
 
 def read_store(store: str | Path) -> pa.Table:
@@ -74,18 +145,51 @@ def stored_keys(store: str | Path) -> tuple[set[str], set[int], int]:
     if not paths:
         return set(), set(), 0
     fs, _ = storage.filesystem(paths[0])
-    dataset = pads.dataset([storage.filesystem(p)[1] for p in paths], schema=SCHEMA, format="parquet", filesystem=fs)
     keys: set[str] = set()
     legacy: set[int] = set()
     rows = 0
-    for batch in dataset.to_batches(columns=["key", "image_id"]):
-        rows += batch.num_rows
-        column = batch.column(0)
-        if column.null_count:
-            legacy.update(batch.filter(column.is_null()).column(1).to_pylist())
-            column = column.drop_null()
-        keys.update(column.to_pylist())
+    try:
+        dataset = pads.dataset([storage.filesystem(p)[1] for p in paths], schema=SCHEMA, format="parquet",
+                               filesystem=fs)
+        for batch in dataset.to_batches(columns=["key", "image_id"]):
+            rows += batch.num_rows
+            column = batch.column(0)
+            if column.null_count:
+                legacy.update(batch.filter(column.is_null()).column(1).to_pylist())
+                column = column.drop_null()
+            keys.update(column.to_pylist())
+    except Exception as err:  # noqa: BLE001 - find which shard, then say so (never pyarrow's bare error)
+        damaged = [(p, why) for p in paths if (why := shard_problem(p, ["key", "image_id"]))]
+        if damaged:
+            raise DamagedStoreError(str(store), damaged) from None
+        raise OSError(f"cannot read the keys of pseudo-label store {redact(str(store))}: {redact(str(err))}") from err
     return keys, legacy, rows
+
+
+def duplicate_rows(store: str | Path) -> dict[str, list[int]]:
+    """Rows that label an image an earlier row already labels: {shard: [row numbers in the file]}, {} for a
+    sound store. Shards in name order, rows in file order; the first row of a key is the one kept, so
+    every reader that skips these reads each image once. Reads the `key` / `image_id` columns of each
+    shard (a damaged one raises DamagedStoreError), so it doubles as the training stage's store check."""
+    seen: set = set()
+    skip: dict[str, list[int]] = {}
+    damaged = []
+    for path in shard_paths(store):
+        fs, inner = storage.filesystem(path)
+        try:
+            table = pq.read_table(inner, columns=["key", "image_id"], schema=SCHEMA, filesystem=fs)
+        except Exception as err:  # noqa: BLE001 - listed with the others, then raised as one error
+            damaged.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        ids = table.column("image_id").to_pylist()
+        for row, key in enumerate(table.column("key").to_pylist()):
+            ident = key if key is not None else ("image_id", ids[row])  # stores without the key column
+            if ident in seen:
+                skip.setdefault(path, []).append(row)
+            seen.add(ident)
+    if damaged:
+        raise DamagedStoreError(str(store), damaged)
+    return skip
 
 
 def store_teachers(store: str | Path) -> set[str]:

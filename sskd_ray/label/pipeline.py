@@ -6,6 +6,8 @@ the store yet, cut into shards named after this run and their members (manifest.
 labels only its new images and another shard size never relabels anything. A shard's Parquet file
 appears atomically when it is done, so a killed run leaves whole shards, and its unfinished images
 are still pending next time. `out/teacher.json` pins the teacher identity; another teacher is refused.
+A run holds the store's lease (lease.py) from planning to summary, so two runs never label the same
+image; a shard that cannot be read is set aside and its images are labeled again.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import ray
 
 from sskd_ray import storage
 from sskd_ray.config import LabelConfig
-from sskd_ray.data.pseudo_labels import export_coco_results, shard_paths
+from sskd_ray.data.pseudo_labels import DAMAGED_DIR, DamagedStoreError, export_coco_results, set_aside, shard_paths
+from sskd_ray.label.lease import hold_store
 from sskd_ray.label.manifest import count_in_store, new_run_id, plan_pending, write_manifest
 from sskd_ray.label.predictor import TeacherPredictor
 from sskd_ray.redaction import redact
@@ -33,7 +36,9 @@ class TeacherMismatchError(RuntimeError):
     """`out` already holds labels from a different teacher."""
 
 
-def claim_output(out: str, teacher_id: str) -> None:
+def claim_output(out: str, teacher_id: str, source: str = "") -> None:
+    """Pin the store to `teacher_id`; `source` (how jobs/pseudo_label.py names that teacher, e.g.
+    "--teacher builtin --smoke") is kept for the command that repairs the store."""
     marker = storage.join(out, "teacher.json")
     if storage.is_file(marker):
         existing = storage.read_json(marker)["teacher"]
@@ -42,7 +47,8 @@ def claim_output(out: str, teacher_id: str) -> None:
                 f"{out} holds pseudo-labels from teacher '{existing}', not '{teacher_id}': "
                 f"use another --out, or delete {out} to relabel with the new teacher")
     else:
-        storage.write_json(marker, {"teacher": teacher_id}, indent=None)
+        storage.write_json(marker, {"teacher": teacher_id, **({"source": redact(source)} if source else {})},
+                           indent=None)
 
 
 def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
@@ -57,27 +63,45 @@ def check_gpus(num_gpus_per_actor: float, num_actors: int) -> None:
 
 
 def run_labeling(images: str | Iterable[dict], out: str | Path, teacher_spec: dict, teacher_id: str,
-                 image_size: int, cfg: LabelConfig) -> dict:
+                 image_size: int, cfg: LabelConfig, source: str = "") -> dict:
     """Label the images of a manifest (its location) or of image dicts (written to out/manifest.parquet)
-    that `out` (a folder or URI) does not hold yet; returns the summary (also out/summary.json)."""
+    that `out` (a folder or URI) does not hold yet; returns the summary (also out/summary.json).
+    Holds the store's lease throughout (one run at a time); damaged shards are set aside and their
+    images labeled again."""
     out = storage.normalize(out)
-    claim_output(out, teacher_id)
-    manifest = images if isinstance(images, str) else write_manifest(images, out)
-    check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
-    run_id = new_run_id()
-    plan = plan_pending(manifest, out, cfg.images_per_shard, run_id)
-    start = time.perf_counter()
+    with hold_store(out, cfg.lease_seconds, cfg.lease_wait_seconds) as lease:
+        claim_output(out, teacher_id, source)
+        manifest = images if isinstance(images, str) else write_manifest(images, out)
+        check_gpus(cfg.num_gpus_per_actor, cfg.num_actors)
+        run_id = new_run_id()
+        start = time.perf_counter()
+        try:
+            shard_names, pending, windows = _plan(manifest, out, cfg.images_per_shard, run_id)
+            damaged = []
+        except DamagedStoreError as err:  # set the unreadable shards aside; their images are pending again
+            damaged = set_aside(out, err.damaged)
+            print(redact(f"WARNING: pseudo-label store {out}: {len(damaged)} damaged shard(s) set aside in "
+                         f"{storage.join(out, DAMAGED_DIR)} and their images labeled again: "
+                         + "; ".join(f"{d['shard']} ({d['reason']})" for d in damaged)), flush=True)
+            shard_names, pending, windows = _plan(manifest, out, cfg.images_per_shard, run_id)
+        opened = time.time()  # wall clock: compared with the actors' (one node: exact)
+        rows = _label_shards(windows, len(shard_names), out, teacher_spec, teacher_id, image_size, cfg, lease.path)
+        actor_start = max(0.0, float(min(r["started"] for r in rows)) - opened) if rows else 0.0
+        return summarise(out, manifest, {"id": run_id, "shards": shard_names, "images_pending": pending,
+                                         "seconds": time.perf_counter() - start, "actor_start_seconds": actor_start,
+                                         "actor_processes": len({r["worker"] for r in rows}),
+                                         "damaged_shards": damaged})
+
+
+def _plan(manifest: str, out: str, per_shard: int, run_id: str) -> tuple[list[str], int, list[ray.data.Dataset]]:
+    """The pending shards, a window of WINDOW_SHARDS at a time: (names, images, one dataset per window)."""
+    plan = plan_pending(manifest, out, per_shard, run_id)
     shard_names, pending, windows = [], 0, []
     while window := list(itertools.islice(plan, WINDOW_SHARDS)):
         shard_names += [s["shard"] for s in window]
         pending += sum(len(s["images"]) for s in window)
         windows.append(_window_dataset(window))
-    opened = time.time()  # wall clock: compared with the actors' (one node: exact)
-    rows = _label_shards(windows, len(shard_names), out, teacher_spec, teacher_id, image_size, cfg)
-    actor_start = max(0.0, float(min(r["started"] for r in rows)) - opened) if rows else 0.0
-    return summarise(out, manifest, {"id": run_id, "shards": shard_names, "images_pending": pending,
-                                     "seconds": time.perf_counter() - start, "actor_start_seconds": actor_start,
-                                     "actor_processes": len({r["worker"] for r in rows})})
+    return shard_names, pending, windows
 
 
 def _window_dataset(shards: list[dict]) -> ray.data.Dataset:
@@ -88,7 +112,7 @@ def _window_dataset(shards: list[dict]) -> ray.data.Dataset:
 
 
 def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, teacher_spec: dict, teacher_id: str,
-                  image_size: int, cfg: LabelConfig) -> list[dict]:
+                  image_size: int, cfg: LabelConfig, lease: str = "") -> list[dict]:
     """Label every window through ONE actor pool: an actor is a fresh Python process (Ray never hands
     an actor an idle or prestarted worker) that imports torch and the model code and builds the
     teacher (3-4 s on 2 CPUs, far more for a large teacher on a GPU): that is the run's
@@ -104,7 +128,7 @@ def _label_shards(windows: list[ray.data.Dataset], num_shards: int, out: str, te
         fn_constructor_kwargs=dict(spec=teacher_spec, out_dir=out, teacher_id=teacher_id,
                                    image_size=image_size, score_threshold=cfg.score_threshold, top_k=cfg.top_k,
                                    batch_size=cfg.batch_size, max_pixels=cfg.max_image_pixels,
-                                   torch_threads=cfg.torch_threads, nms_iou=cfg.nms_iou),
+                                   torch_threads=cfg.torch_threads, nms_iou=cfg.nms_iou, lease=lease),
         num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
     return ds.take_all()
 

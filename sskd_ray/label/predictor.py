@@ -20,6 +20,7 @@ from sskd_ray.config import ModelConfig
 from sskd_ray.data.decode import decode_image
 from sskd_ray.data.resize import inference_sizes, prepare_arrays, size_multiple
 from sskd_ray.data.pseudo_labels import write_shard
+from sskd_ray.label.lease import check_held
 from sskd_ray.models.build import build_model
 from sskd_ray.models.postprocess import instances_to_coco, select_instances
 
@@ -37,7 +38,8 @@ def build_teacher_from_spec(spec: dict) -> torch.nn.Module:
 
 class TeacherPredictor:
     def __init__(self, spec: dict, out_dir: str, teacher_id: str, image_size: int, score_threshold: float,
-                 top_k: int, batch_size: int, max_pixels: int, torch_threads: int = 1, nms_iou: float = 0.5):
+                 top_k: int, batch_size: int, max_pixels: int, torch_threads: int = 1, nms_iou: float = 0.5,
+                 lease: str = ""):
         torch.set_num_threads(max(1, torch_threads))  # several actors share the cores: no oversubscription
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_teacher_from_spec(spec).to(self.device)
@@ -49,6 +51,7 @@ class TeacherPredictor:
         self.multiple = size_multiple(self.model)
         self.score_threshold, self.top_k, self.nms_iou = score_threshold, top_k, nms_iou
         self.batch_size, self.max_pixels = batch_size, max_pixels
+        self.lease = lease  # the run's claim on the store: checked before each shard is committed (lease.py)
 
     def _predict(self, arrays: list[np.ndarray]) -> list[list]:
         out = []
@@ -84,6 +87,7 @@ class TeacherPredictor:
                          "key": im.get("key", im["path"]),  # the store's image key (pseudo_labels.py)
                          "instances": [{"category_id": r["category_id"], "score": r["score"], "bbox": r["bbox"],
                                         "segmentation": r["segmentation"]["counts"]} for r in coco]})
+        check_held(self.lease)  # a run that lost the store to another writes nothing more
         # errors first, then the shard: a shard file on disk means everything about it is recorded
         storage.write_text(storage.join(self.out_dir, "errors", f"{shard}.json"), json.dumps(errors))
         write_shard(storage.join(self.out_dir, f"{shard}.parquet"), rows)

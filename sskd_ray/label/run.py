@@ -16,6 +16,7 @@ from sskd_ray import storage, tracking
 from sskd_ray.config import Config, config_digest, flatten_config
 from sskd_ray.data.builtin import CLASS_NAMES
 from sskd_ray.eval.pseudo_quality import pseudo_label_quality
+from sskd_ray.label.lease import hold_store
 from sskd_ray.label.pipeline import run_labeling
 from sskd_ray.label.manifest import manifest_location, write_manifest
 from sskd_ray.models.build import tiny_model_config
@@ -74,16 +75,18 @@ def label_pool(cfg: Config, images: str, teacher: str, out: str, smoke: bool = F
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri, out)  # fails now, not after labeling, if there is none
     check_shared_storage(out)  # labeling actors on every node write their shards here
     spec, teacher_id, size = resolve_teacher(cfg, teacher, smoke)
-    manifest = manifest_location(out)
-    if not (reuse_manifest and storage.is_file(manifest)):
-        manifest = write_manifest(images, manifest)
-    summary = run_labeling(manifest, out, spec, teacher_id, size, cfg.label)
-    summary["teacher"] = teacher_id
-    if images.endswith(".json") and storage.read_json(images).get("annotations"):
-        results = storage.read_json(storage.join(out, "coco_results.json"))
-        summary["quality"] = pseudo_label_quality(images, results)  # the pool's ground truth, never trained on
-    storage.write_json(storage.join(out, "summary.json"), redact(summary))
-    plot = plot_scores(summary, storage.join(out, "scores.png"))
+    with hold_store(out, cfg.label.lease_seconds, cfg.label.lease_wait_seconds):  # one run at a time (lease.py)
+        manifest = manifest_location(out)
+        if not (reuse_manifest and storage.is_file(manifest)):
+            manifest = write_manifest(images, manifest)
+        summary = run_labeling(manifest, out, spec, teacher_id, size, cfg.label,
+                               source=f"--teacher {teacher}" + (" --smoke" if smoke else ""))
+        summary["teacher"] = teacher_id
+        if images.endswith(".json") and storage.read_json(images).get("annotations"):
+            results = storage.read_json(storage.join(out, "coco_results.json"))
+            summary["quality"] = pseudo_label_quality(images, results)  # the pool's ground truth, never trained on
+        storage.write_json(storage.join(out, "summary.json"), redact(summary))
+        plot = plot_scores(summary, storage.join(out, "scores.png"))
     with tracking.start_run(uri, cfg.tracking.experiment, "pseudo_label", parent_id=parent_run_id,
                             tags={"sskd.stage": "pseudo_label"}, run_dir=out) as run_id:
         tracking.log_params(uri, run_id, {**flatten_config(cfg), "teacher_id": teacher_id, "images": images})

@@ -77,13 +77,14 @@ class TrainingSet:
 
 def build_training_set(labeled_json: str, labeled_images: str, image_size: int, pseudo_dir: str = "",
                        pseudo_images: str = "", score_threshold: float = 0.3, rank: int = 0,
-                       world_size: int = 1) -> TrainingSet:
-    """The pool part is this rank's share of the store (disjoint across ranks), read lazily."""
+                       world_size: int = 1, pseudo_skip: dict[str, list[int]] | None = None) -> TrainingSet:
+    """The pool part is this rank's share of the store (disjoint across ranks), read lazily, less the
+    rows in `pseudo_skip` (an image's second row: pseudo_labels.duplicate_rows)."""
     coco = load_coco(labeled_json, labeled_images, check_files=False)
     labeled = [Sample(coco.image_path(im), im["id"], True, i) for i, im in enumerate(coco.images)]
     pseudo, store = [], None
     if pseudo_dir:
-        store = StoreShare.open(pseudo_dir, rank, world_size)
+        store = StoreShare.open(pseudo_dir, rank, world_size, skip=pseudo_skip)
         pseudo = ShareSamples(store, lambda r, row: Sample(storage.resolve(pseudo_images, row["file_name"]),
                                                            int(row["image_id"]), False, r))
     if not labeled:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sskd_ray import storage
+from sskd_ray import tracking as mlflow_tracking
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
 from sskd_ray.data.image_cache import enable_image_cache
 from sskd_ray.eval.distributed import evaluate_distributed
@@ -147,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
     enable_image_cache(data.get("image_cache_dir", ""), data.get("image_cache_gb", 0.0))  # object-store images only
     ts = build_training_set(data["labeled_json"], data["labeled_images"], data["image_size"],
                             data.get("pseudo_dir", "") if stage.use_pseudo_labels else "", data.get("pseudo_images", ""),
-                            data.get("score_threshold", 0.3), rank, world)
+                            data.get("score_threshold", 0.3), rank, world, data.get("pseudo_skip"))
     ts.skipped.update(skipped)
     pseudo_share = data.get("pseudo_share", 0.5) if stage.use_pseudo_labels else 0.0
     amp = device.type == "cuda" and config.get("amp", True)
@@ -156,6 +157,8 @@ def train_loop_per_worker(config: dict) -> None:
     log_every = max(1, int(config.get("log_every", 10)))
     window: dict[str, list[float]] = {}
     tracking = config.get("tracking") or {}
+    # rank 0's rows go to MLflow from a thread: the step never waits on the tracking server
+    sender = mlflow_tracking.metric_sender(tracking) if rank == 0 and tracking.get("run_id") else None
     began, began_it = time.perf_counter(), start
     con_timer = (objective.module if hasattr(objective, "module") else objective).contrastive_timer
     # batches are drawn ahead on a thread (decoding off the training thread), still one pure function
@@ -210,10 +213,8 @@ def train_loop_per_worker(config: dict) -> None:
                 row = {**(row or {"iteration": done}), **scores}
         if row is not None and rank == 0:
             history.append(row)
-            if tracking.get("run_id"):
-                from sskd_ray import tracking as mlflow_tracking
-
-                mlflow_tracking.log_metrics(tracking["uri"], tracking["run_id"], row, step=done)
+            if sender is not None:
+                sender.log(mlflow_tracking.metrics_entry(tracking["run_id"], row, step=done))
         if done % stage.checkpoint_every == 0 or last:
             report = {"iteration": done, "skipped_images": len(batches.skipped)}
             if rank == 0:
@@ -229,3 +230,5 @@ def train_loop_per_worker(config: dict) -> None:
             else:
                 ray.train.report(report)
         step_began = time.perf_counter()
+    if sender is not None:
+        sender.close()  # bounded; rows a silent server still holds are kept for the driver to send

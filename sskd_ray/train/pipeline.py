@@ -20,6 +20,7 @@ from typing import Iterator
 from sskd_ray import storage, tracking
 from sskd_ray.config import Config, ConfigError, config_digest, flatten_config, save_config
 from sskd_ray.data.coco import load_coco, subset_coco, write_coco
+from sskd_ray.data.pseudo_labels import DamagedStoreError, check_store
 from sskd_ray.data.splits import read_split_file, split_by_fraction, write_split_file
 from sskd_ray.eval.report import fmt2
 from sskd_ray.redaction import redact
@@ -197,7 +198,12 @@ def pseudo_label(cfg: Config, data: PipelineData, teacher_dir: str, out: str, pa
     from sskd_ray.label.run import label_pool
 
     if is_done(out):
-        return storage.read_json(storage.join(out, "summary.json"))
+        try:
+            check_store(out)  # footers only: a shard damaged since is set aside and relabeled below
+            return storage.read_json(storage.join(out, "summary.json"))
+        except DamagedStoreError as err:
+            print(redact(f"[pseudo-label] {len(err.damaged)} shard(s) of {out} cannot be read (first: "
+                         f"{err.damaged[0][0]}): setting them aside and labeling their images again"), flush=True)
     cfg = replace(cfg, tracking=replace(cfg.tracking, uri=uri))
     summary = label_pool(cfg, data.unlabeled_json, teacher_dir, out, parent_run_id=parent_run_id)
     storage.write_text(storage.join(out, "DONE"), "done\n")
@@ -226,7 +232,7 @@ def open_run(cfg: Config, run_dir: str) -> Iterator[PipelineRun]:
     _check_same_config(cfg, run_dir)
     save_config(cfg, storage.join(run_dir, "config.yaml"))
     tags = {"sskd.pipeline": run_dir}
-    parent = tracking.find_run(uri, cfg.tracking.experiment, tags)
+    parent = tracking.find_run(uri, cfg.tracking.experiment, tags, run_dir=run_dir)
     with tracking.start_run(uri, cfg.tracking.experiment, f"pipeline {storage.name(run_dir)}", run_id=parent, tags=tags,
                             run_dir=run_dir) as parent_id:
         tracking.log_params(uri, parent_id, flatten_config(cfg))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sskd_ray import storage, tracking
 from sskd_ray.config import LossConfig, ModelConfig, StageConfig
+from sskd_ray.data.pseudo_labels import duplicate_rows
 from sskd_ray.eval.plots import plot_history
 from sskd_ray.ray_setup import check_shared_storage
 from sskd_ray.redaction import redact
@@ -44,13 +45,14 @@ class StageSpec:
     storage: str = ""  # Ray Train storage_path (local dir or URI); default <folder>/../../ray_train
     params: dict = field(default_factory=dict)  # extra MLflow params (the resolved flat config)
 
-    def loop_config(self, uri: str = "", run_id: str = "") -> dict:
+    def loop_config(self, uri: str = "", run_id: str = "", journal: str = "") -> dict:
         return {"name": self.name, "model": dataclasses.asdict(self.model), "class_names": self.class_names,
                 "category_ids": self.category_ids,
                 "stage": dataclasses.asdict(self.stage), "loss": dataclasses.asdict(self.loss), "data": self.data,
                 "seed": self.seed, "init": self.init, "threads": self.stage.cpus_per_worker,
                 "log_every": max(1, min(10, self.stage.iterations // 20 or 1)),
-                "tracking": {"uri": uri, "run_id": run_id}}
+                "tracking": {"uri": uri, "run_id": run_id, "journal": journal,
+                             "retry_s": float(os.environ.get(tracking.RETRY_ENV, 30))}}
 
 
 def is_done(folder: str) -> bool:
@@ -74,18 +76,30 @@ def write_model_spec(folder: str, model: ModelConfig, class_names: list[str], ca
     storage.write_json(storage.join(folder, "teacher.json"), card)
 
 
+def check_pseudo_labels(store: str) -> dict[str, list[int]]:
+    """Before a stage reads the store: a damaged shard stops it here, naming the file and the command
+    that repairs the store (DamagedStoreError); rows that label an image twice are returned, to be
+    skipped by every worker (each image read once)."""
+    skip = duplicate_rows(store)
+    if skip:
+        print(redact(f"WARNING: pseudo-label store {store} holds {sum(map(len, skip.values()))} row(s) of images "
+                     f"that already have a row (written before runs took the store's lease?): training reads "
+                     f"each image once"), flush=True)
+    return skip
+
+
 def _fit(spec: StageSpec, uri: str, run_id: str, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    if os.environ.get(FAULT_ENV):  # fault injection for tests reaches the workers through their env
-        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    # fault injection for tests, and the bounds of MLflow's HTTP retries (no secrets), reach the workers
+    env.update({k: v for k, v in os.environ.items() if k == FAULT_ENV or k in tracking.HTTP_BOUNDS})
     storage_path = spec.storage or storage.join(storage.parent(storage.parent(spec.folder)), "ray_train")
     check_shared_storage(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=spec.loop_config(uri, run_id),
+        train_loop_config=spec.loop_config(uri, run_id, tracking.pending_folder()),
         scaling_config=ScalingConfig(num_workers=spec.stage.num_workers, use_gpu=spec.stage.use_gpu,
                                      resources_per_worker={"CPU": spec.stage.cpus_per_worker,
                                                            **({"GPU": 1} if spec.stage.use_gpu else {})}),
@@ -106,8 +120,10 @@ def run_stage(spec: StageSpec, uri: str, experiment: str, parent_run_id: str | N
     if is_done(folder):
         print(redact(f"[{spec.name}] already done: {folder} (mask AP {read_metrics(folder).get('mask_AP')})"))
         return read_metrics(folder)
+    if spec.stage.use_pseudo_labels and spec.data.get("pseudo_dir"):
+        spec = dataclasses.replace(spec, data={**spec.data, "pseudo_skip": check_pseudo_labels(spec.data["pseudo_dir"])})
     tags = {"sskd.stage": spec.name, **({"sskd.parent": parent_run_id} if parent_run_id else {}), **(tags or {})}
-    existing = tracking.find_run(uri, experiment, tags)
+    existing = tracking.find_run(uri, experiment, tags, run_dir=folder)
     start = time.perf_counter()
     with tracking.start_run(uri, experiment, spec.name, parent_id=parent_run_id, run_id=existing, tags=tags,
                             run_dir=folder) as run_id:

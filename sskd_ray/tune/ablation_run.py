@@ -140,8 +140,8 @@ def run_plan(plan: Plan, files: list[str], overrides: list[str], out: str, max_c
             print(redact(f"[ablate] data {step.folder}: {data.num_labeled} labeled, {data.num_unlabeled} unlabeled"))
     tags = {"sskd.ablation": out}
     start = time.perf_counter()
-    with tracking.start_run(uri, ctx.experiment, "ablation", run_id=tracking.find_run(uri, ctx.experiment, tags),
-                            tags=tags, run_dir=out) as parent_id:
+    parent = tracking.find_run(uri, ctx.experiment, tags, run_dir=out)
+    with tracking.start_run(uri, ctx.experiment, "ablation", run_id=parent, tags=tags, run_dir=out) as parent_id:
         ctx.parent_id = parent_id
         tracking.log_params(uri, parent_id, {"steps": len(plan.steps), "rows": len(plan.rows),
                                              "tables": ",".join(sorted({str(r.table) for r in plan.rows}))})

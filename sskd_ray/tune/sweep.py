@@ -123,7 +123,7 @@ def run_sweep(space_path: str, files: list[str], overrides: list[str], run_dir: 
         base.prepare_inputs(space.stages[0])
         storage.write_json(storage.join(base.run_dir, "splits", "data.json"), dataclasses.asdict(base.data))
         tags = {"sskd.sweep": run_dir}
-        sweep_id = tracking.find_run(uri, base_cfg.tracking.experiment, tags)
+        sweep_id = tracking.find_run(uri, base_cfg.tracking.experiment, tags, run_dir=run_dir)
         with tracking.start_run(uri, base_cfg.tracking.experiment, f"sweep {space.path.stem}", run_id=sweep_id,
                                 tags=tags, run_dir=run_dir) as parent_id:
             tracking.log_params(uri, parent_id, {"space": str(space.path), "trials": len(trials),
