@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every job a test starts gets a private local Ray, never a cluster that happens to run on the machine
 # (a developer's `ray start`); the tests of joining (tests/test_cluster.py) clear this themselves.
 os.environ.setdefault("SSKD_RAY_LOCAL", "1")
+# Ray Train's controller looks at its workers every 2 s by default: a 4-iteration smoke stage waited
+# on those polls to see its workers up and done for several seconds per stage, over ~50 stages in the suite.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 CUDA = torch.cuda.is_available()
