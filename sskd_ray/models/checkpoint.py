@@ -161,7 +161,9 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     state = safetensors.torch.load(data)
     for name, same in json.loads(_metadata(data).get(_ALIASES, "{}")).items():
         state[name] = state[same]
-    return state
+    # names in sorted order: the file's tensor order and its aliases' do not follow the model's, and a
+    # caller that saves this dict again (the pretraining job's fp16 copy) must write the same bytes each run
+    return dict(sorted(state.items()))
 
 
 def weights_digest(folder: str | Path) -> str:
