@@ -46,14 +46,27 @@ AUTH_HELP = ("set RAY_AUTH_MODE=token and give this process the cluster's token 
              "or the file ~/.ray/auth_token); docs/cluster.md \"Security\"")
 
 
+def _refused_token(err: BaseException) -> bool:
+    """Whether `err`, or an exception it was raised from, is Ray refusing this process's token."""
+    from ray.exceptions import AuthenticationError
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, AuthenticationError) or "InvalidAuthToken" in str(err):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
 def _join(address: str) -> None:
     """ray.init on a running cluster; a token it refuses (or lacks) is one clear error, not Ray's."""
     import ray
-    from ray.exceptions import AuthenticationError
 
     try:
         ray.init(address=address, log_to_driver=True)
-    except AuthenticationError:
+    except Exception as err:  # noqa: BLE001 - Ray raises the refusal itself or wraps it ("Failed to connect to GCS")
+        if not _refused_token(err):
+            raise
         ray.shutdown()
         raise ConnectionError(f"the Ray cluster at {redact(address)} requires token authentication and refused "
                               f"this process: {AUTH_HELP}") from None
