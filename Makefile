@@ -18,7 +18,7 @@ UV := .lock-tools/bin/uv
 COMPILE = $(UV) pip compile --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--index-url https://pypi.org/simple $(if $(UPGRADE),--upgrade)
 
-.PHONY: install demo test test-gpu bench lock clean
+.PHONY: install demo test test-long test-gpu bench lock clean
 
 ifeq ($(LOCK),cpu)
 TORCH_FIRST := $(PY) -m pip install -q --no-deps -r requirements/torch-cpu.txt
@@ -46,6 +46,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The end-to-end tests that run a whole job twice, or kill and resume it (minutes each; the `long`
+# marker, left out of `make test` so CI stays well under its 30 minutes): reproducibility of the smoke
+# pipeline and of the teacher's pretraining, sweep and ablation resume, a killed labeling run, a run
+# directory in S3. About 18 minutes on 2 cores.
+test-long: $(STAMP)
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m long $(PYTEST_ARGS)
 
 # On a CUDA machine: the tests that need a GPU (the CUDA variants of the device-parametrized tests, Ray
 # Data with a GPU actor, a Ray Train stage with use_gpu). On a CPU machine they all skip ("needs CUDA").

@@ -124,6 +124,7 @@ def smoke_run(tmp_path_factory):
     return out, first, second, trained
 
 
+@pytest.mark.long
 def test_smoke_tables_have_their_rows_with_finite_numbers(smoke_run):
     out, first, _, _ = smoke_run
     for table, labels in ((12, {"Teacher T1 (zero-shot)", "Teacher T2 (adapted)", "Student under T1", "Student under T2"}),):
@@ -136,6 +137,7 @@ def test_smoke_tables_have_their_rows_with_finite_numbers(smoke_run):
     assert not (REPO / "docs" / "ablations" / "table12.csv").exists() or "--smoke" not in (REPO / "docs" / "ablations.md").read_text()
 
 
+@pytest.mark.long
 def test_shared_steps_ran_once(smoke_run):
     out = smoke_run[0]
     kinds = [p.parent.name.split("-")[0] for p in out.glob("steps/*/DONE")]
@@ -146,6 +148,7 @@ def test_shared_steps_ran_once(smoke_run):
     assert len(list((out / "ray_train").iterdir())) == 4  # one Ray Train run per trained step
 
 
+@pytest.mark.long
 def test_rerun_resumes_without_training_again(smoke_run):
     out, _, second, trained = smoke_run
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

@@ -97,6 +97,7 @@ def smoke_runs(tmp_path_factory):
 
 
 @needs_fashion_mnist
+@pytest.mark.long
 def test_smoke_job_writes_weights_and_provenance_reproducibly(smoke_runs):
     (a, b), _ = smoke_runs
     prov = json.loads((a / "teacher_source.json").read_text())
@@ -119,6 +120,7 @@ def test_smoke_refuses_the_package_assets():
 
 
 @needs_fashion_mnist
+@pytest.mark.long
 def test_fp16_weights_load_and_match_the_fp32_model(smoke_runs, device, monkeypatch):
     (a, _), tmp = smoke_runs
     prov = json.loads((a / "teacher_source.json").read_text())

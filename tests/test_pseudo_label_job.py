@@ -30,6 +30,7 @@ def _store(out):
                   for r in rows)
 
 
+@pytest.mark.long
 def test_killed_run_resumes_to_the_same_store(builtin_dir, tmp_path):
     images = builtin_dir / "train.json"
     # one image per shard: 24 shards, ~18 ms each on 2 cores (8 shards of 3 all landed within 230 ms,

@@ -47,6 +47,7 @@ def _fingerprint(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_smoke_pipeline_twice_gives_identical_results(tmp_path):
     _run(tmp_path / "a")
     _run(tmp_path / "b")

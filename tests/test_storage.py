@@ -128,6 +128,7 @@ def test_image_listing_from_a_bucket(s3_env):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_pipeline_with_its_run_directory_in_s3(s3_env, tmp_path):
     """The smoke pipeline's teacher stages (Ray Train checkpoints, pseudo-label store, stage folders,
     built-in data, splits) all in a bucket; nothing lands on local disk but the MLflow db asked for;

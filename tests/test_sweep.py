@@ -66,6 +66,7 @@ def resumed_sweep(tmp_path_factory):
     return run_dir, finished, second
 
 
+@pytest.mark.long
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(resumed_sweep):
     run_dir, finished, second = resumed_sweep
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -76,6 +77,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(resumed_swe
     assert len(list(run_dir.glob("trials/*/result.json"))) == 2
 
 
+@pytest.mark.long
 def test_sweep_table_and_mlflow_runs(resumed_sweep):
     run_dir, _, second = resumed_sweep
     assert second.returncode == 0
