@@ -1,6 +1,6 @@
 """The one training loop every stage runs inside Ray Train workers (`train_loop_per_worker`).
 
-A stage arrives as its typed `StageSpec` (train/stages.py): which model and start weights, which loss
+A stage arrives as its typed `StageSpec` (train/stage_spec.py): which model and start weights, which loss
 terms, the optimiser and schedule, the data. Progress is counted in iterations stored inside
 each checkpoint, so a restarted worker group continues where the last registered checkpoint left
 off and sees the same batches it would have seen (they are drawn from (seed, iteration)).
